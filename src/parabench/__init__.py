@@ -1,0 +1,3 @@
+"""parabench: which transformer to fine-tune for paraphrase identification, at what accuracy, size and speed."""
+
+__version__ = "0.1.0"
