@@ -70,6 +70,44 @@ def data_validate(
     typer.echo("all expectations passed")
 
 
+@app.command("train")
+def train(
+    model: Annotated[str, typer.Option(help="Zoo key (see `parabench models`) or a local model folder.")] = "",
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: params.yaml train.seed).")] = None,
+    recipe: Annotated[str, typer.Option(help="Recipe from params.yaml; 'auto' = the model's own.")] = "auto",
+    epochs: Annotated[int, typer.Option(help="Override the recipe's epochs (0 = keep).")] = 0,
+    learning_rate: Annotated[float, typer.Option(help="Override the learning rate (0 = keep).")] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Override the batch size (0 = keep).")] = 0,
+    weight_decay: Annotated[float, typer.Option(help="Override the weight decay (0 = keep).")] = 0.0,
+    max_train_samples: Annotated[int | None, typer.Option(help="Train on at most N pairs (0 = all).")] = None,
+) -> None:
+    """Fine-tune one model with one seed on validated MRPC; everything is logged to MLflow."""
+    from parabench.run import train_and_track
+    from parabench.tracking import tracking_uri
+
+    params = load_params()
+    overrides = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
+                 "weight_decay": weight_decay}
+    try:
+        summary = train_and_track(params, model or params.train.model,
+                                  params.train.seed if seed is None else seed, recipe, overrides,
+                                  max_train_samples)
+    except ParabenchError as error:
+        fail(error)
+    typer.echo(f"run id: {summary.run_id}")
+    typer.echo(f"test accuracy: {summary.metrics['test_accuracy']:.4f}  test F1: {summary.metrics['test_f1']:.4f}")
+    typer.echo(f"open the MLflow UI: mlflow ui --backend-store-uri {tracking_uri(params)}  "
+               f"(then http://127.0.0.1:5000/#/experiments/{summary.experiment_id}/runs/{summary.run_id})")
+
+
+@app.command("models")
+def models() -> None:
+    """List the model zoo: family, size class, source, the study's test accuracy, available offline."""
+    from parabench.zoo import format_table, zoo_table
+
+    typer.echo(format_table(zoo_table(load_params())))
+
+
 def main() -> None:
     """Entry point that turns any ParabenchError escaping a command into one line and exit 1."""
     try:
@@ -77,3 +115,110 @@ def main() -> None:
     except ParabenchError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+ModelsOption = Annotated[
+    str | None, typer.Option(help="Comma list of zoo keys (default: params.yaml sweep.models).")
+]
+DataVersionOption = Annotated[
+    str | None, typer.Option(help="Data version to use (default: that of the newest sweep of the models).")
+]
+
+
+@app.command("sweep")
+def sweep(
+    models: ModelsOption = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="N = the first N of params.yaml sweep.seeds, or a comma list of seeds (default: all).")] = None,
+    recipe: Annotated[str, typer.Option(help="Recipe from params.yaml; 'auto' = each model's own.")] = "auto",
+    epochs: Annotated[int, typer.Option(help="Override the recipe's epochs (0 = keep).")] = 0,
+    max_train_samples: Annotated[int | None, typer.Option(help="Train on at most N pairs (0 = all).")] = None,
+) -> None:
+    """Fine-tune every model with every seed: an MLflow parent run per model, a nested run per seed.
+    Seeds that already have a FINISHED run with the same recipe and data are skipped."""
+    from parabench.sweep import parse_models, parse_seeds, run_sweep
+
+    params = load_params()
+    try:
+        sweeps = run_sweep(params, parse_models(models, params), parse_seeds(seeds, params), recipe,
+                           {"epochs": epochs}, max_train_samples, log=typer.echo)
+    except ParabenchError as error:
+        fail(error)
+    for model_sweep in sweeps:
+        typer.echo(f"{model_sweep.model}: seeds {', '.join(map(str, model_sweep.runs))} FINISHED; "
+                   f"parent run {model_sweep.parent.info.run_id}")
+
+
+@app.command("report")
+def report(models: ModelsOption = None, data_version: DataVersionOption = None) -> None:
+    """The study's tables from the sweeps in MLflow, with confidence intervals, McNemar tests, failed-seed
+    flags and plots: reports/results.{md,csv,json} and reports/plots/."""
+    from parabench.report import build_report
+    from parabench.sweep import parse_models
+
+    params = load_params()
+    try:
+        written = build_report(params, parse_models(models, params), data_version, log=typer.echo)
+    except ParabenchError as error:
+        fail(error)
+    for path in written.paths:
+        typer.echo(f"wrote {path}")
+
+
+@app.command("promote")
+def promote(models: ModelsOption = None, data_version: DataVersionOption = None) -> None:
+    """Register the best model of each size class (by mean validation accuracy) as parabench-<class>@champion."""
+    from parabench.promote import promote as promote_models
+    from parabench.sweep import parse_models
+
+    params = load_params()
+    try:
+        state = promote_models(params, parse_models(models, params), data_version, log=typer.echo)
+    except ParabenchError as error:
+        fail(error)
+    typer.echo("registry:")
+    for line in state:
+        typer.echo(f"  {line}")
+
+
+ModelUriOption = Annotated[
+    str | None, typer.Option("--model", help="Model URI (default: params.yaml serve.model_uri).")
+]
+
+
+@app.command("predict")
+def predict(
+    sentences: Annotated[list[str] | None, typer.Argument(help="sentence1 and sentence2.")] = None,
+    input_csv: Annotated[Path | None, typer.Option(
+        "--input", help="CSV file with columns sentence1 and sentence2.")] = None,
+    model: ModelUriOption = None,
+) -> None:
+    """Label sentence pairs (1 = paraphrase) with their paraphrase probability; prints CSV."""
+    from parabench.predict import pairs_from, predict_pairs
+
+    params = load_params()
+    try:
+        table = predict_pairs(params, model or params.raw["serve"]["model_uri"], pairs_from(sentences, input_csv))
+    except ParabenchError as error:
+        fail(error)
+    typer.echo(table.to_csv(index=False), nl=False)
+
+
+@app.command("serve")
+def serve(
+    model: ModelUriOption = None,
+    host: Annotated[str | None, typer.Option(help="Interface (default: params.yaml serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: params.yaml serve.port).")] = None,
+) -> None:
+    """Serve the model over HTTP with `mlflow models serve` in this environment:
+    POST /invocations {"dataframe_records": [{"sentence1": "...", "sentence2": "..."}]}."""
+    import os
+
+    from parabench.predict import serve_command
+
+    params = load_params()
+    settings = params.raw["serve"]
+    command, env = serve_command(params, model or settings["model_uri"], host or settings["host"],
+                                 port or settings["port"])
+    typer.echo(" ".join(command))
+    os.execvpe(command[0], command, env)

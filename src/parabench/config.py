@@ -109,7 +109,9 @@ def find_params_file() -> Path:
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return Path(candidate).resolve()
-    raise ParabenchError("params.yaml not found: run parabench from the project folder or set PARABENCH_PARAMS")
+    raise ParabenchError(
+        "params.yaml not found: run parabench from the project folder or set PARABENCH_PARAMS"
+    )
 
 
 def load_params(path: Path | None = None) -> Params:

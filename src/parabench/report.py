@@ -1,0 +1,394 @@
+"""`parabench report`: the study's tables rebuilt from the sweep runs in MLflow, plus what the study lacks.
+
+Per size class: train / validation / test accuracy and F1 as mean ± sample standard deviation (ddof=1) over
+the seeds, in percent; samples/s; parameters; seeds; the study's test numbers beside ours. Beyond the study:
+a t-distribution confidence interval of test accuracy and F1, an exact McNemar test between the two best
+models of each class (by mean validation accuracy), and a flag on every seed that collapsed to one class.
+Written to reports/results.{md,csv,json} and reports/plots/, and logged to MLflow as a `report` run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from parabench import tracking
+from parabench.config import ParabenchError, Params
+from parabench.sweep import ModelSweep, latest_sweeps, mean_std
+from parabench.zoo import get_spec
+
+SCORE_METRICS = ("train_accuracy", "train_f1", "validation_accuracy", "validation_f1", "test_accuracy", "test_f1")
+THROUGHPUT_METRICS = ("eval_samples_per_second", "train_samples_per_second")
+INTERVAL_METRICS = ("test_accuracy", "test_f1")
+SIZE_CLASSES = ("small", "regular", "large")
+PREDICTIONS_ARTIFACT = "predictions_test.csv"
+REPORT_RUN_TAGS = {"stage": "report"}
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """params.yaml `report:`: where the outputs go and the thresholds of the statistics."""
+
+    results_md: Path
+    results_csv: Path
+    results_json: Path
+    plots_dir: Path
+    confidence: float
+    significance_level: float
+    majority_rate: float
+    collapse_margin: float
+
+    @classmethod
+    def from_params(cls, params: Params) -> ReportSettings:
+        raw = params.raw["report"]
+        return cls(**{f.name: params.path(raw[f.name]) if f.type == "Path" else float(raw[f.name])
+                      for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """One model's sweep with its test predictions per seed and the seeds that collapsed (seed → why)."""
+
+    sweep: ModelSweep
+    predictions: dict[int, pd.DataFrame]
+    collapsed: dict[int, str]
+
+    @property
+    def best_seed(self) -> int:
+        return best_validation_seed(self.sweep.runs)
+
+
+@dataclass(frozen=True)
+class Report:
+    rows: list[dict[str, Any]]
+    tests: list[dict[str, Any]]
+    data_version: str
+    paths: list[Path]
+
+
+def best_validation_seed(runs: dict[int, Run]) -> int:
+    """The seed whose run has the highest validation accuracy (the lowest seed on a tie)."""
+    return max(runs, key=lambda seed: (runs[seed].data.metrics["validation_accuracy"], -seed))
+
+
+def load_predictions(run_id: str) -> pd.DataFrame:
+    """A run's predictions_test.csv artifact (idx, sentence1, sentence2, label, predicted_label, probability)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PREDICTIONS_ARTIFACT,
+                                                   dst_path=folder)
+        return pd.read_csv(path)
+
+
+def collapse_reason(run: Run, predictions: pd.DataFrame, settings: ReportSettings) -> str | None:
+    """Why a run looks stuck at the majority class, or None when it learned something."""
+    if predictions["predicted_label"].nunique() == 1:
+        return f"every test prediction is {int(predictions['predicted_label'].iloc[0])}"
+    validation = run.data.metrics["validation_accuracy"]
+    if abs(validation - settings.majority_rate) <= settings.collapse_margin:
+        return (f"validation accuracy {validation:.1%} is within {settings.collapse_margin:.1%} "
+                f"of the majority rate {settings.majority_rate:.1%}")
+    return None
+
+
+def model_result(sweep: ModelSweep, settings: ReportSettings) -> ModelResult:
+    """Fetch every seed's test predictions and flag the collapsed seeds."""
+    predictions = {seed: load_predictions(run.info.run_id) for seed, run in sweep.runs.items()}
+    reasons = {seed: collapse_reason(run, predictions[seed], settings) for seed, run in sweep.runs.items()}
+    return ModelResult(sweep, predictions, {seed: why for seed, why in reasons.items() if why})
+
+
+def interval(values: list[float], confidence: float) -> tuple[float, float]:
+    """The t-distribution confidence interval of the mean (NaN bounds for fewer than two values)."""
+    from scipy import stats
+
+    mean, std = mean_std(values)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * std / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+def metric_values(runs: Iterable[Run], name: str, scale: float = 1.0) -> list[float]:
+    return [run.data.metrics[name] * scale for run in runs]
+
+
+def paper_numbers(model: str) -> dict[str, Any]:
+    """The study's reported numbers for a zoo model (percent), empty for models outside the study."""
+    try:
+        return get_spec(model).paper or {}
+    except ParabenchError:
+        return {}
+
+
+def difference(ours: float, theirs: float | None) -> float:
+    return ours - theirs if theirs is not None else float("nan")
+
+
+def summary_row(result: ModelResult, settings: ReportSettings) -> dict[str, Any]:
+    """One model's line of the tables: scores in percent, throughput in pairs/s, the study's numbers beside."""
+    sweep, runs = result.sweep, list(result.sweep.runs.values())
+    row: dict[str, Any] = {"size_class": sweep.size_class, "model": sweep.model, "n_seeds": len(runs),
+                           "seeds": ",".join(map(str, sweep.runs)),
+                           "parameters": int(runs[0].data.metrics["num_parameters"])}
+    for name in SCORE_METRICS:
+        row[f"{name}_mean"], row[f"{name}_std"] = mean_std(metric_values(runs, name, 100.0))
+    for name in INTERVAL_METRICS:
+        low, high = interval(metric_values(runs, name, 100.0), settings.confidence)
+        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
+    for name in THROUGHPUT_METRICS:
+        row[f"{name}_mean"], row[f"{name}_std"] = mean_std(metric_values(runs, name))
+    paper = paper_numbers(sweep.model)
+    for name in INTERVAL_METRICS:
+        row[f"paper_{name}"] = paper.get(name)
+        row[f"diff_{name}"] = difference(row[f"{name}_mean"], paper.get(name))
+    row["paper_samples_per_second"] = paper.get("samples_per_second")
+    row["best_validation_seed"] = result.best_seed
+    row["best_validation_run_id"] = sweep.runs[result.best_seed].info.run_id
+    row["collapsed_seeds"] = ",".join(map(str, result.collapsed))
+    row |= {"data_version": sweep.identity.data_version, "recipe_fingerprint": sweep.identity.recipe_fingerprint,
+            "parent_run_id": sweep.parent.info.run_id}
+    return row
+
+
+def mcnemar_exact(first: pd.DataFrame, second: pd.DataFrame) -> tuple[int, int, int, float]:
+    """Pairs compared, pairs only the first got right, pairs only the second got right, exact two-sided p."""
+    from scipy import stats
+
+    merged = first.merge(second, on="idx", suffixes=("_a", "_b"))
+    right_a = merged["predicted_label_a"] == merged["label_a"]
+    right_b = merged["predicted_label_b"] == merged["label_b"]
+    only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+    p_value = stats.binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return len(merged), only_a, only_b, float(p_value)
+
+
+def mean_validation(result: ModelResult) -> float:
+    return mean_std(metric_values(result.sweep.runs.values(), "validation_accuracy"))[0]
+
+
+def paired_tests(results: list[ModelResult], settings: ReportSettings) -> list[dict[str, Any]]:
+    """Per size class, McNemar's exact test on the test predictions of the two best models' best seeds."""
+    tests = []
+    for size_class in class_order(result.sweep.size_class for result in results):
+        ranked = sorted((r for r in results if r.sweep.size_class == size_class), key=mean_validation,
+                        reverse=True)
+        if len(ranked) < 2:
+            continue
+        first, second = ranked[:2]
+        pairs, only_first, only_second, p_value = mcnemar_exact(
+            first.predictions[first.best_seed], second.predictions[second.best_seed])
+        tests.append({"size_class": size_class, "model_a": first.sweep.model, "seed_a": first.best_seed,
+                      "model_b": second.sweep.model, "seed_b": second.best_seed, "pairs": pairs,
+                      "only_a_correct": only_first, "only_b_correct": only_second, "p_value": p_value,
+                      "significant": p_value < settings.significance_level})
+    return tests
+
+
+def class_order(size_classes: Iterable[str]) -> list[str]:
+    """The study's classes first (small, regular, large), then any other, each once."""
+    present = set(size_classes)
+    return [c for c in SIZE_CLASSES if c in present] + sorted(present - set(SIZE_CLASSES))
+
+
+def plus_minus(mean: float, std: float, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def number(value: float | None, digits: int = 2, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def parameters_text(count: int) -> str:
+    return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
+
+
+TABLE_HEADER = (
+    "| Model | Params | Seeds | Train acc | Train F1 | Val acc | Val F1 | Test acc | Test F1 | Test acc CI | "
+    "Samples/s | Paper test acc | Δ acc | Paper test F1 | Δ F1 |"
+)
+
+
+def table_line(row: dict[str, Any]) -> str:
+    flag = " ⚠" if row["collapsed_seeds"] else ""
+    scores = [plus_minus(row[f"{name}_mean"], row[f"{name}_std"]) for name in SCORE_METRICS]
+    cells = [f"{row['model']}{flag}", parameters_text(row["parameters"]), str(row["n_seeds"]), *scores,
+             f"{number(row['test_accuracy_ci_low'])} – {number(row['test_accuracy_ci_high'])}",
+             plus_minus(row["eval_samples_per_second_mean"], row["eval_samples_per_second_std"], 1),
+             number(row["paper_test_accuracy"]), number(row["diff_test_accuracy"], signed=True),
+             number(row["paper_test_f1"]), number(row["diff_test_f1"], signed=True)]
+    return "| " + " | ".join(cells) + " |"
+
+
+def test_line(test: dict[str, Any]) -> str:
+    verdict = "significant" if test["significant"] else "not significant"
+    return (f"- **{test['size_class']}**: {test['model_a']} (seed {test['seed_a']}) vs {test['model_b']} "
+            f"(seed {test['seed_b']}) on {test['pairs']} test pairs: only the first right on "
+            f"{test['only_a_correct']}, only the second on {test['only_b_correct']}; exact McNemar "
+            f"p = {test['p_value']:.4g} ({verdict})")
+
+
+def markdown(report: Report, results: list[ModelResult], settings: ReportSettings) -> str:
+    """results.md: one table per size class, the significance tests and the collapsed seeds."""
+    confidence = f"{settings.confidence:.0%}"
+    lines = ["# MRPC results", "",
+             f"Data version `{report.data_version}`. Accuracy and F1 in percent, mean ± sample standard "
+             "deviation (ddof=1) over the seeds; Test acc CI: the "
+             f"{confidence} t-interval of the mean test accuracy. Samples/s: test-split inference "
+             "throughput on our hardware (the study's: a T4). Δ: ours minus the study's, in points. "
+             "⚠: a seed collapsed to the majority class (see below).", ""]
+    for size_class in class_order(row["size_class"] for row in report.rows):
+        lines += [f"## {size_class}", "", TABLE_HEADER, "|" + "---|" * TABLE_HEADER.count(" | ") + "---|"]
+        lines += [table_line(row) for row in report.rows if row["size_class"] == size_class] + [""]
+    lines += ["## Paired significance (two best models per class by mean validation accuracy)", ""]
+    lines += [test_line(test) for test in report.tests] or ["- no class has two models"]
+    lines += ["", "## Collapsed seeds", ""]
+    lines += [f"- {result.sweep.model} seed {seed}: {why}" for result in results
+              for seed, why in result.collapsed.items()] or ["- none"]
+    return "\n".join(lines) + "\n"
+
+
+def flat_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """The numeric, finite entries of a row (what `dvc metrics show` can display)."""
+    return {key: value for key, value in row.items()
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indexes of the points no other point beats on both coordinates (higher is better on each)."""
+    return [i for i, (x, y) in enumerate(points)
+            if not any(ox >= x and oy >= y and (ox, oy) != (x, y) for ox, oy in points)]
+
+
+def new_figure(columns: int = 1, width: float = 7.0, height: float = 4.5) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, columns, figsize=(width * columns, height), squeeze=False)
+    return figure, axes[0]
+
+
+def save(figure: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_tradeoff(rows: list[dict[str, Any]], size_class: str, path: Path) -> Path:
+    """Test accuracy against samples/s, with std bars, the Pareto front joined and starred."""
+    figure, (axis,) = new_figure()
+    points = [(row["eval_samples_per_second_mean"], row["test_accuracy_mean"]) for row in rows]
+    for row, (x, y) in zip(rows, points, strict=True):
+        axis.errorbar(x, y, xerr=np.nan_to_num(row["eval_samples_per_second_std"]),
+                      yerr=np.nan_to_num(row["test_accuracy_std"]), fmt="o", capsize=3)
+        axis.annotate(row["model"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    front = sorted(points[i] for i in pareto_front(points))
+    axis.plot(*zip(*front, strict=True), "r*--", markersize=12, label="Pareto front")
+    axis.set(xlabel="test inference samples/s", ylabel="test accuracy (%)",
+             title=f"{size_class}: accuracy vs speed (mean ± std over seeds)")
+    axis.legend()
+    return save(figure, path)
+
+
+def plot_seed_spread(results: list[ModelResult], path: Path) -> Path:
+    """Test accuracy of every seed, per model: a box per model with the seeds drawn over it."""
+    figure, (axis,) = new_figure(width=max(7.0, 1.2 * len(results)))
+    values = [metric_values(r.sweep.runs.values(), "test_accuracy", 100.0) for r in results]
+    axis.boxplot(values, showfliers=False)
+    for position, (result, seeds) in enumerate(zip(results, values, strict=True), start=1):
+        colors = ["red" if seed in result.collapsed else "black" for seed in result.sweep.runs]
+        axis.scatter(np.full(len(seeds), position), seeds, c=colors, s=18, zorder=3)
+    axis.set_xticks(range(1, len(results) + 1), [r.sweep.model for r in results], rotation=30, ha="right")
+    axis.set(ylabel="test accuracy (%)", title="Test accuracy per seed (red: collapsed seed)")
+    return save(figure, path)
+
+
+def validation_history(client: MlflowClient, run: Run) -> tuple[list[int], list[float]]:
+    history = sorted(client.get_metric_history(run.info.run_id, "validation_accuracy"), key=lambda m: m.step)
+    return [m.step for m in history], [m.value * 100.0 for m in history]
+
+
+def plot_validation_curves(results: list[ModelResult], path: Path) -> Path:
+    """Validation accuracy per epoch from the metric history: one panel per size class, a line per seed."""
+    client = MlflowClient()
+    classes = class_order(r.sweep.size_class for r in results)
+    figure, axes = new_figure(columns=len(classes), width=6.0)
+    for axis, size_class in zip(axes, classes, strict=True):
+        for index, result in enumerate(r for r in results if r.sweep.size_class == size_class):
+            for number_of_seed, run in enumerate(result.sweep.runs.values()):
+                label = result.sweep.model if number_of_seed == 0 else None
+                axis.plot(*validation_history(client, run), marker="o", color=f"C{index}", alpha=0.7,
+                          label=label)
+        axis.set(xlabel="epoch", ylabel="validation accuracy (%)", title=size_class)
+        axis.legend(fontsize=8)
+    return save(figure, path)
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_outputs(report: Report, results: list[ModelResult], settings: ReportSettings) -> list[Path]:
+    """results.md / .csv / .json and the plots."""
+    settings.results_csv.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(report.rows).to_csv(settings.results_csv, index=False)
+    json_text = json.dumps({row["model"]: flat_metrics(row) for row in report.rows}, indent=2, sort_keys=True)
+    paths = [write_text(settings.results_md, markdown(report, results, settings)), settings.results_csv,
+             write_text(settings.results_json, json_text + "\n")]
+    for size_class in class_order(row["size_class"] for row in report.rows):
+        rows = [row for row in report.rows if row["size_class"] == size_class]
+        paths.append(plot_tradeoff(rows, size_class, settings.plots_dir / f"tradeoff_{size_class}.png"))
+    paths.append(plot_seed_spread(results, settings.plots_dir / "seed_spread.png"))
+    paths.append(plot_validation_curves(results, settings.plots_dir / "validation_curves.png"))
+    return paths
+
+
+def log_report_run(report: Report, settings: ReportSettings) -> str:
+    """Log the report's files as artifacts of a `report` run; returns its run id."""
+    tags = {**REPORT_RUN_TAGS, "data_version": report.data_version}
+    with tracking.tracked_run(run_name="report", tags=tags) as run:
+        for path in report.paths:
+            plots = path.parent == settings.plots_dir
+            mlflow.log_artifact(str(path), artifact_path="plots" if plots else None)
+    return run.info.run_id
+
+
+def build_report(
+    params: Params, models: list[str], data_version: str | None = None, log: Callable[[str], None] = print
+) -> Report:
+    """Read the sweeps of the models from MLflow and write every output; see the module docstring."""
+    settings = ReportSettings.from_params(params)
+    sweeps = {sweep.model: sweep for sweep in latest_sweeps(params, models, data_version)}
+    for model in models:
+        if not sweeps.get(model, ModelSweep(None, {})).runs:  # type: ignore[arg-type]
+            log(f"warning: no FINISHED sweep run of {model} on this data version; left out")
+    results = [model_result(sweeps[m], settings) for m in models if m in sweeps and sweeps[m].runs]
+    if not results:
+        raise ParabenchError(f"no FINISHED sweep runs of {', '.join(models)}; run `parabench sweep` first")
+    rows = [summary_row(result, settings) for result in results]
+    report = Report(rows, paired_tests(results, settings), rows[0]["data_version"], [])
+    report = Report(report.rows, report.tests, report.data_version, write_outputs(report, results, settings))
+    log(f"report run: {log_report_run(report, settings)}")
+    return report

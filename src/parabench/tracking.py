@@ -1,0 +1,141 @@
+"""Everything MLflow: where runs go, a run's lifecycle, and the names of what a run logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from mlflow.entities import RunStatus
+
+from parabench.config import Params
+
+FINAL_METRICS = (
+    "train_accuracy",
+    "train_f1",
+    "validation_accuracy",
+    "validation_f1",
+    "test_accuracy",
+    "test_f1",
+    "train_samples_per_second",
+    "eval_samples_per_second",
+    "num_parameters",
+    "model_size_mb",
+)
+EPOCH_METRICS = ("train_loss", "validation_accuracy", "validation_f1")
+
+
+def tracking_uri(params: Params) -> str:
+    """$MLFLOW_TRACKING_URI, else params.yaml's URI, a relative sqlite path anchored at the project root."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow["tracking_uri"]
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        uri = prefix + str(params.path(uri[len(prefix) :]))
+    return uri
+
+
+def configure(params: Params) -> str:
+    """Point MLflow at the project's tracking store and experiment; returns the experiment id."""
+    mlflow.set_tracking_uri(tracking_uri(params))
+    experiment_name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or params.mlflow["experiment"]
+    return mlflow.set_experiment(experiment_name).experiment_id
+
+
+class RunKilled(Exception):
+    """Raised inside a run when the process receives SIGTERM, so the run ends KILLED rather than RUNNING."""
+
+
+@contextmanager
+def tracked_run(run_name: str, tags: dict[str, str], nested: bool = False) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that always ends: FINISHED on success, KILLED on interrupt/SIGTERM, FAILED on error.
+
+    Under `mlflow run` the run MLflow created (MLFLOW_RUN_ID) is the one used.
+    """
+    previous_handler = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise RunKilled(f"received signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    run = mlflow.start_run(run_name=run_name, tags=tags, nested=nested)
+    try:
+        yield run
+    except (KeyboardInterrupt, RunKilled):
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def git_commit(root: Path) -> str:
+    """The checkout's commit (with '-dirty' when it has uncommitted changes), or 'unknown' outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict[str, str]:
+    """What ran the numbers: CPU model, GPU name, torch threads, device."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {
+        "hardware_cpu": cpu_model(),
+        "hardware_gpu": gpu,
+        "hardware_threads": str(torch.get_num_threads()),
+        "hardware_device": "cuda" if torch.cuda.is_available() else "cpu",
+        "torch_version": torch.__version__,
+    }
+
+
+def log_params(values: dict[str, Any]) -> None:
+    """Log parameters; MLflow refuses to overwrite a param with another value, so clashes fail loudly."""
+    mlflow.log_params({key: str(value) for key, value in values.items()})
+
+
+def log_epoch(epoch: int, values: dict[str, float]) -> None:
+    mlflow.log_metrics(values, step=epoch)
+
+
+def log_final_metrics(values: dict[str, float]) -> None:
+    missing = [name for name in FINAL_METRICS if name not in values]
+    if missing:
+        raise ValueError(f"final metrics missing: {missing}")
+    mlflow.log_metrics({name: float(values[name]) for name in FINAL_METRICS})
+
+
+def log_json(values: dict[str, Any], artifact_file: str) -> None:
+    mlflow.log_text(json.dumps(values, indent=2, sort_keys=True), artifact_file)

@@ -1,0 +1,357 @@
+"""The model zoo (models.yaml): which models exist, where their weights come from, and how to load them."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import threading
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from parabench.config import LoraParams, ParabenchError, Params
+from parabench.embedded import embedded_installed, embedded_path, is_model_folder
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+ZOO_FILE = Path(__file__).with_name("models.yaml")
+TINY_PREFIX = "tiny:"
+EMBEDDED_PREFIX = "embedded:"
+SIZE_CLASSES = ("small", "regular", "large")
+CUSTOM_SIZE_CLASS = "custom"
+LABELS = {0: "not_paraphrase", 1: "paraphrase"}
+TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the zoo (or a local folder): where its weights are, its class, and how it is trained."""
+
+    key: str
+    source: str
+    family: str
+    size_class: str
+    recipe: str
+    lora: bool = False
+    paper: dict[str, Any] = field(default_factory=dict)
+    tiny: dict[str, Any] = field(default_factory=dict)
+
+    def __hash__(self) -> int:  # the dict fields are not hashable; key and source identify a spec
+        return hash((self.key, self.source))
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.source.startswith(TINY_PREFIX)
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.source.startswith(EMBEDDED_PREFIX)
+
+    @property
+    def is_local(self) -> bool:
+        """A folder on this machine (`--model /path/to/folder`)."""
+        return not (self.is_tiny or self.is_embedded) and Path(self.source).is_absolute()
+
+    @property
+    def embedded_name(self) -> str | None:
+        return self.source.removeprefix(EMBEDDED_PREFIX) if self.is_embedded else None
+
+    @property
+    def hub_id(self) -> str | None:
+        """The Hugging Face Hub id, or None for tiny, embedded and local models."""
+        return None if self.is_tiny or self.is_embedded or self.is_local else self.source
+
+
+# ----------------------------------------------------------------------------------------------- the table
+
+
+@functools.cache
+def zoo_document() -> dict[str, Any]:
+    """models.yaml as read."""
+    return yaml.safe_load(ZOO_FILE.read_text(encoding="utf-8"))
+
+
+def families() -> dict[str, dict[str, Any]]:
+    """Family -> its class in the study (and recipe/lora where it differs from the default)."""
+    return zoo_document()["families"]
+
+
+def make_spec(key: str, entry: dict[str, Any]) -> ModelSpec:
+    """A ModelSpec from one models.yaml entry, checked against the known families and size classes."""
+    spec = ModelSpec(
+        key=key,
+        source=entry["source"],
+        family=entry["family"],
+        size_class=entry["size_class"],
+        recipe=entry.get("recipe", "paper"),
+        lora=bool(entry.get("lora", False)),
+        paper=dict(entry.get("paper") or {}),
+        tiny=dict(entry.get("tiny") or {}),
+    )
+    if spec.family not in families() or spec.size_class not in SIZE_CLASSES:
+        raise ParabenchError(f"{ZOO_FILE}: model '{key}' has an unknown family or size class")
+    return spec
+
+
+@functools.cache
+def load_zoo() -> dict[str, ModelSpec]:
+    """Every model of models.yaml, by key, in file order."""
+    return {key: make_spec(key, entry) for key, entry in zoo_document()["models"].items()}
+
+
+def local_spec(key: str, folder: Path) -> ModelSpec:
+    """A spec for a local model folder: family from config.json; class, recipe and paper numbers from the
+    zoo entry of the same name (e.g. /models/albert-base-v2), else from the family (or 'custom')."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ParabenchError(f"{folder} is not a model folder: it has no config.json")
+    family = json.loads(config_file.read_text(encoding="utf-8")).get("model_type", "unknown")
+    source = str(folder.resolve())
+    for spec in load_zoo().values():
+        if spec.hub_id and spec.hub_id.split("/")[-1] == folder.name and spec.family == family:
+            return dataclasses.replace(spec, key=key, source=source)
+    defaults = families().get(family, {"size_class": CUSTOM_SIZE_CLASS})
+    return ModelSpec(key=key, source=source, family=family, size_class=defaults["size_class"],
+                     recipe=defaults.get("recipe", "paper"), lora=bool(defaults.get("lora", False)))
+
+
+def get_spec(key: str, params: Params | None = None) -> ModelSpec:
+    """The zoo entry for key, or a spec for a local model folder; ParabenchError for anything else.
+    (params is accepted for symmetry with the other calls; the zoo does not depend on it.)"""
+    zoo = load_zoo()
+    if key in zoo:
+        return zoo[key]
+    folder = Path(key).expanduser()
+    if folder.is_dir():
+        return local_spec(key, folder)
+    raise ParabenchError(f"unknown model '{key}'; `parabench models` lists the zoo")
+
+
+# ------------------------------------------------------------------------------------------ the HF Hub
+
+
+def env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in TRUE_VALUES
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set now or was set when huggingface_hub was imported."""
+    from huggingface_hub import constants
+
+    return env_true("HF_HUB_OFFLINE") or env_true("TRANSFORMERS_OFFLINE") or constants.HF_HUB_OFFLINE
+
+
+def hub_endpoint() -> str:
+    """The Hub address: $HF_ENDPOINT, else huggingface_hub's (https://huggingface.co)."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_cache_dir() -> Path:
+    """The local Hub cache as the environment names it now ($HF_HUB_CACHE, $HF_HOME/hub, or the default)."""
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path(constants.HF_HUB_CACHE)
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder of a Hub model when it holds config and weights; no network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(repo_id, "config.json", cache_dir=hub_cache_dir())
+    if not isinstance(config, str):
+        return None
+    folder = Path(config).parent
+    return folder if is_model_folder(folder) else None
+
+
+def hub_reachable(endpoint: str, timeout_s: float) -> bool:
+    """True when the Hub answers an HTTP HEAD within timeout_s (DNS included: the probe runs in a thread)."""
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s).close()
+            answered.append(True)
+        except urllib.error.HTTPError as error:  # it answered, maybe with 4xx
+            answered.append(error.code < 500)
+        except (OSError, ValueError):
+            answered.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True, name="parabench-hub-probe")
+    thread.start()
+    thread.join(timeout_s)
+    return bool(answered and answered[0])
+
+
+def unreachable_error(spec: ModelSpec, endpoint: str) -> ParabenchError:
+    """The one line that says how to get a Hub model's weights onto a machine without the Hub."""
+    why = "HF_HUB_OFFLINE is set" if hub_offline() else f"the Hub ({endpoint}) is unreachable"
+    return ParabenchError(
+        f"model '{spec.key}' is not in the local Hugging Face cache and {why}: "
+        f"on a machine with internet run `hf download {spec.hub_id}` and copy ~/.cache/huggingface here, "
+        f"or pass a local folder with --model /path/to/{spec.source.split('/')[-1]}"
+    )
+
+
+# ------------------------------------------------------------------------------------- weights and loading
+
+
+def resolve_weights(spec: ModelSpec, params: Params) -> Path | str:
+    """Where from_pretrained should load the model from: a local folder, or the Hub id when the Hub answers.
+    Tiny models are built on first use; a Hub model not cached and not reachable fails within seconds."""
+    if spec.is_tiny:
+        from parabench.tiny import build_tiny
+
+        return build_tiny(spec, params)
+    if spec.is_embedded:
+        return embedded_path(spec.embedded_name or "")
+    if spec.is_local:
+        return Path(spec.source)
+    assert spec.hub_id is not None
+    cached = cached_snapshot(spec.hub_id)
+    if cached is not None:
+        return cached
+    endpoint = hub_endpoint()
+    if not hub_offline() and hub_reachable(endpoint, float(params.hub["reachability_timeout_s"])):
+        return spec.hub_id
+    raise unreachable_error(spec, endpoint)
+
+
+def available_locally(spec: ModelSpec, params: Params) -> bool:
+    """True when the model loads without the Hub (tiny ones need only the MiniLM tokenizer to be built)."""
+    if spec.is_tiny:
+        return embedded_installed("all-MiniLM-L6-v2")
+    if spec.is_embedded:
+        return embedded_installed(spec.embedded_name or "")
+    if spec.is_local:
+        return is_model_folder(Path(spec.source))
+    return cached_snapshot(spec.hub_id or "") is not None
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' loading report and progress bars (e.g. the newly initialised classifier)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def label_names(num_labels: int) -> dict[int, str]:
+    return LABELS if num_labels == len(LABELS) else {index: f"LABEL_{index}" for index in range(num_labels)}
+
+
+def add_lora(model: PreTrainedModel, lora: LoraParams) -> PreTrainedModel:
+    """Wrap the model with LoRA adapters as params.yaml `lora:` says (the classifier head stays trainable)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(task_type=lora.task_type, r=lora.r, lora_alpha=lora.lora_alpha,
+                        lora_dropout=lora.lora_dropout, bias=lora.bias)
+    with warnings.catch_warnings():  # peft still calls transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
+
+
+def load_tokenizer_and_model(
+    spec: ModelSpec, params: Params, num_labels: int = 2, weights: Path | str | None = None
+) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """Tokenizer and sequence-classification model (LoRA-wrapped for spec.lora) from the resolved weights.
+    Pass `weights` from an earlier resolve_weights to skip resolving again. Never runs remote code;
+    safetensors are preferred and .bin is used only where no safetensors file exists."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    location = weights if weights is not None else resolve_weights(spec, params)
+    id2label = label_names(num_labels)
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                location, trust_remote_code=False, num_labels=num_labels, id2label=id2label,
+                label2id={name: index for index, name in id2label.items()}, ignore_mismatched_sizes=True,
+            )
+    except OSError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ParabenchError(f"cannot load model '{spec.key}' from {location}: {first_line}") from error
+    if tokenizer.pad_token is None:  # Llama ships without one: pad with eos
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, add_lora(model, params.lora) if spec.lora else model
+
+
+def merge_lora(model: PreTrainedModel) -> PreTrainedModel:
+    """A plain transformers model: LoRA adapters merged into the weights (a model without them as is)."""
+    from peft import PeftModel
+
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Every parameter, trainable or frozen."""
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def model_size_mb(model: torch.nn.Module) -> float:
+    """Bytes of parameters and buffers, in MiB."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors) / 2**20
+
+
+# ---------------------------------------------------------------------------------------------- listing
+
+
+def zoo_table(params: Params) -> list[dict[str, Any]]:
+    """One row per zoo model for `parabench models`."""
+    return [
+        {
+            "key": spec.key,
+            "family": spec.family,
+            "size_class": spec.size_class,
+            "recipe": spec.recipe + (" + LoRA" if spec.lora else ""),
+            "source": spec.source,
+            "paper_test_accuracy": spec.paper.get("test_accuracy"),
+            "available": "yes" if available_locally(spec, params) else "no",
+        }
+        for spec in load_zoo().values()
+    ]
+
+
+def cell(value: Any) -> str:
+    """A table cell: '-' for None, two decimals for numbers as the study prints them."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Rows as aligned text columns."""
+    headers = {"key": "model", "family": "family", "size_class": "size", "recipe": "recipe",
+               "source": "source", "paper_test_accuracy": "paper test acc", "available": "local"}
+    cells = [list(headers.values())] + [[cell(row[key]) for key in headers] for row in rows]
+    widths = [max(len(line[column]) for line in cells) for column in range(len(headers))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+                     for line in cells)

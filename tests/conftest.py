@@ -1,0 +1,102 @@
+"""Shared fixtures: throw-away projects (params.yaml with every path inside a temp folder) and, once per
+session, a project whose MRPC splits are fetched from ../shared/mrpc, prepared and validated."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from parabench.config import PARAMS_ENV, Params, load_params
+from parabench.data.fetch import SOURCE_ENV
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PARAMS_FILE = REPO_ROOT / "params.yaml"
+SHARED_MRPC = REPO_ROOT.parent / "shared" / "mrpc"
+EXPECTED_SPLITS = {"train": (3668, 2474), "validation": (408, 279), "test": (1725, 1147)}
+
+
+def write_project(folder: Path, **data_overrides: Any) -> Path:
+    """Copy params.yaml into `folder` (its relative paths then land there), with data.local_fallback pointing
+    at ../shared/mrpc and the given `data:` keys replaced; return the new params.yaml."""
+    raw = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))
+    raw["data"].update({"source": None, "local_fallback": str(SHARED_MRPC), **data_overrides})
+    folder.mkdir(parents=True, exist_ok=True)
+    params_file = folder / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return params_file
+
+
+@pytest.fixture(scope="session")
+def shared_mrpc() -> Path:
+    """The raw MRPC files beside the checkout (../shared/mrpc); tests that need them skip without it."""
+    names = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))["data"]["sha256"]
+    if not all((SHARED_MRPC / name).is_file() for name in names):
+        pytest.skip(f"MRPC raw files not found in {SHARED_MRPC}")
+    return SHARED_MRPC
+
+
+@pytest.fixture
+def project_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh temp project folder holding only params.yaml; $PARABENCH_PARAMS points at it (so the CLI uses
+    it) and $PARABENCH_MRPC_SOURCE is unset."""
+    params_file = write_project(tmp_path / "project")
+    monkeypatch.setenv(PARAMS_ENV, str(params_file))
+    monkeypatch.delenv(SOURCE_ENV, raising=False)
+    return params_file.parent
+
+
+@pytest.fixture
+def project_params(project_dir: Path) -> Params:
+    """Params of `project_dir`."""
+    return load_params(project_dir / "params.yaml")
+
+
+@pytest.fixture
+def make_params(tmp_path: Path) -> Callable[..., Params]:
+    """Factory: make_params(name, **data_overrides) -> Params of a new temp project with those `data:`."""
+
+    def make(name: str = "custom", **data_overrides: Any) -> Params:
+        return load_params(write_project(tmp_path / name, **data_overrides))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def validated_project(tmp_path_factory: pytest.TempPathFactory, shared_mrpc: Path) -> Path:
+    """A session-wide project folder with data/raw fetched, data/processed prepared and validated
+    (reports/validation/result.json + Data Docs). Read-only: copy it (`validated_copy`) to change anything."""
+    from parabench.data.fetch import fetch_raw
+    from parabench.data.prepare import prepare_splits
+    from parabench.data.validate import validate_splits
+
+    params = load_params(write_project(tmp_path_factory.mktemp("validated")))
+    fetch_raw(params, str(shared_mrpc))
+    assert prepare_splits(params) == EXPECTED_SPLITS
+    outcome = validate_splits(params)
+    assert outcome.success, outcome.failures
+    return params.root
+
+
+@pytest.fixture(scope="session")
+def validated_params(validated_project: Path) -> Params:
+    """Params of the session-wide validated project (do not write through them)."""
+    return load_params(validated_project / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def processed_dir(validated_params: Params) -> Path:
+    """The folder holding the validated train/validation/test.parquet (read-only, shared by the session)."""
+    return validated_params.path(validated_params.data.processed_dir)
+
+
+@pytest.fixture
+def validated_copy(validated_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Params:
+    """A private, writable copy of the validated project; $PARABENCH_PARAMS points at it."""
+    folder = Path(shutil.copytree(validated_project, tmp_path / "validated"))
+    monkeypatch.setenv(PARAMS_ENV, str(folder / "params.yaml"))
+    return load_params(folder / "params.yaml")
