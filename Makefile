@@ -43,6 +43,17 @@ $(STAMP): pyproject.toml
 	fi
 	@touch "$@"
 
+# Prints the last training run's final metrics (reports/runs/metrics.json, written by `parabench train`).
+define TRAIN_SUMMARY
+import json, pathlib
+path = pathlib.Path("reports/runs/metrics.json")
+metrics = json.loads(path.read_text()) if path.is_file() else {}
+print(f"Last training run ({path}):" if metrics else f"no {path}: no training run finished")
+for key, value in metrics.items():
+    print(f"  {key:<26} {value:.4f}" if isinstance(value, float) else f"  {key:<26} {value}")
+endef
+export TRAIN_SUMMARY
+
 # Prints the requirements of pyproject.toml's `mpnet` extra, one per line.
 define MPNET_REQUIREMENTS
 import tomllib
@@ -57,8 +68,7 @@ run: venv
 	@docs=$$(find reports/validation/gx -name index.html 2>/dev/null | sort | head -n 1); \
 		echo "Data Docs: $${docs:-not found under reports/validation/gx}"
 	@echo "Validation result: reports/validation/result.json"
-	@echo "Train metrics (reports/runs/metrics.json):"
-	@$(IN_VENV) dvc metrics show reports/runs/metrics.json
+	@"$(BIN)/python" -c "$$TRAIN_SUMMARY"
 	@echo "MLflow UI: make ui   (mlflow ui --backend-store-uri sqlite:///mlflow.db)"
 
 # pytest exits 5 when it collects no test: that fails here like any other non-zero exit.

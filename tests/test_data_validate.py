@@ -167,7 +167,7 @@ def test_happy_path_writes_result_and_data_docs(validated_params: Params, proces
     assert result["data_version"].startswith("sha256:") and len(result["data_version"]) == len("sha256:") + 16
     for split in ("train", "validation", "test"):
         assert result["files"][split]["sha256"] == sha256_file(processed_dir / f"{split}.parquet")
-        assert result["splits"][split] == {"success": True, "evaluated_expectations": 20, "failed": []}
+        assert result["splits"][split] == {"success": True, "evaluated_expectations": 18, "failed": []}
     index = validated_params.path(validated_params.validate.report_dir) / "gx" / "index.html"
     assert index.is_file() and "mrpc_validation" in index.read_text(encoding="utf-8")
     train_pages = list(index.parent.glob("validations/mrpc_train/**/*.html"))

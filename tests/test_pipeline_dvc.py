@@ -35,8 +35,8 @@ def _project_files() -> list[str]:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not MRPC.is_dir():
         pytest.skip(f"MRPC raw files not found at {MRPC}")
-    if shutil.which("git") is None:
-        pytest.skip("git not installed")
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs git and a git checkout of the project (the copy is made from `git ls-files`)")
     copy = tmp_path_factory.mktemp("clone") / "parabench"
     for name in _project_files():
         target = copy / name

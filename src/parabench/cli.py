@@ -167,7 +167,7 @@ def report(models: ModelsOption = None, data_version: DataVersionOption = None) 
 
 @app.command("promote")
 def promote(models: ModelsOption = None, data_version: DataVersionOption = None) -> None:
-    """Register the best model of each size class (by mean validation accuracy) as parabench-<class>@champion."""
+    """Register each size class's best model (by mean validation accuracy) as parabench-<class>@champion."""
     from parabench.promote import promote as promote_models
     from parabench.sweep import parse_models
 
@@ -198,7 +198,8 @@ def predict(
 
     params = load_params()
     try:
-        table = predict_pairs(params, model or params.raw["serve"]["model_uri"], pairs_from(sentences, input_csv))
+        pairs = pairs_from(sentences, input_csv)
+        table = predict_pairs(params, model or params.raw["serve"]["model_uri"], pairs)
     except ParabenchError as error:
         fail(error)
     typer.echo(table.to_csv(index=False), nl=False)

@@ -44,6 +44,7 @@ class TrainParams:
     seed: int
     recipe: str
     max_train_samples: int
+    max_eval_samples: int
     max_length: int
     eval_batch_size: int
     num_threads: int

@@ -25,7 +25,7 @@ def checked_pairs(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     """The sentence columns of a table the served model accepts; ParabenchError naming `where` otherwise."""
     try:
         return check_pairs(frame)[list(INPUT_COLUMNS)].reset_index(drop=True)
-    except (ValueError, MlflowException) as error:
+    except MlflowException as error:
         raise ParabenchError(f"{where}: {first_line(error)}") from error
 
 
@@ -71,6 +71,19 @@ def predict_pairs(params: Params, model_uri: str, pairs: pd.DataFrame) -> pd.Dat
 
 def serve_command(params: Params, model_uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:
     """`mlflow models serve` in this environment for the URI, and the environment that finds the registry."""
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-               "-h", host, "-p", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        host,
+        "-p",
+        str(port),
+    ]
     return command, {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(params)}

@@ -16,7 +16,6 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from parabench import tracking
 from parabench.config import ParabenchError, Params
 from parabench.report import best_validation_seed, class_order, metric_values
 from parabench.sweep import ModelSweep, latest_sweeps, mean_std
@@ -45,10 +44,15 @@ class Candidate:
         validation_mean, validation_std = mean_std(metric_values(runs, "validation_accuracy"))
         metrics = self.sweep.runs[self.seed].data.metrics
         return {
-            "model": self.sweep.model, "size_class": self.sweep.size_class, "seed": str(self.seed),
-            "source_run_id": self.run_id, "data_version": self.sweep.identity.data_version,
-            "recipe_fingerprint": self.sweep.identity.recipe_fingerprint, "n_seeds": str(len(runs)),
-            "mean_validation_accuracy": f"{validation_mean:.6f}", "std_validation_accuracy": f"{validation_std:.6f}",
+            "model": self.sweep.model,
+            "size_class": self.sweep.size_class,
+            "seed": str(self.seed),
+            "source_run_id": self.run_id,
+            "data_version": self.sweep.identity.data_version,
+            "recipe_fingerprint": self.sweep.identity.recipe_fingerprint,
+            "n_seeds": str(len(runs)),
+            "mean_validation_accuracy": f"{validation_mean:.6f}",
+            "std_validation_accuracy": f"{validation_std:.6f}",
             "validation_accuracy": f"{metrics['validation_accuracy']:.6f}",
             "test_accuracy": f"{metrics['test_accuracy']:.6f}",
             "mean_test_accuracy": f"{mean_std(metric_values(runs, 'test_accuracy'))[0]:.6f}",
@@ -82,8 +86,10 @@ def keeps_champion(current: ModelVersion | None, candidate: Candidate) -> str | 
     if current.tags.get("source_run_id") == candidate.run_id:
         return f"version {current.version} already is this run"
     if recorded >= candidate.mean_validation:
-        return (f"version {current.version} ({current.tags.get('model')}) has mean validation accuracy "
-                f"{recorded:.4f} >= {candidate.mean_validation:.4f} of {candidate.sweep.model}")
+        return (
+            f"version {current.version} ({current.tags.get('model')}) has mean validation accuracy "
+            f"{recorded:.4f} >= {candidate.mean_validation:.4f} of {candidate.sweep.model}"
+        )
     return None
 
 
@@ -97,13 +103,14 @@ def register(client: MlflowClient, name: str, candidate: Candidate) -> ModelVers
     """The candidate's version of the registered model: reused when it exists, else registered now."""
     version = version_of_run(client, name, candidate.run_id)
     if version is None:
-        version = mlflow.register_model(f"runs:/{candidate.run_id}/{MODEL_ARTIFACT}", name,
-                                        tags=candidate.tags())
+        version = mlflow.register_model(
+            f"runs:/{candidate.run_id}/{MODEL_ARTIFACT}", name, tags=candidate.tags()
+        )
     return version
 
 
 def promote_class(client: MlflowClient, name: str, candidate: Candidate, aliases: dict[str, str]) -> str:
-    """Make the candidate the champion of `name` unless the current one is at least as good; says what it did."""
+    """Make the candidate champion of `name` unless the current champion is as good; say what it did."""
     current = champion(client, name, aliases["champion"])
     reason = keeps_champion(current, candidate)
     if reason:
@@ -112,8 +119,10 @@ def promote_class(client: MlflowClient, name: str, candidate: Candidate, aliases
     if current is not None and current.version != version.version:
         client.set_registered_model_alias(name, aliases["previous"], current.version)
     client.set_registered_model_alias(name, aliases["champion"], version.version)
-    return (f"{name}: version {version.version} ({candidate.sweep.model}, seed {candidate.seed}) is champion, "
-            f"mean validation accuracy {candidate.mean_validation:.4f}")
+    return (
+        f"{name}: version {version.version} ({candidate.sweep.model}, seed {candidate.seed}) is champion, "
+        f"mean validation accuracy {candidate.mean_validation:.4f}"
+    )
 
 
 def registry_state(client: MlflowClient, prefix: str) -> list[str]:
@@ -124,12 +133,16 @@ def registry_state(client: MlflowClient, prefix: str) -> list[str]:
         for alias, version in model.aliases.items():
             aliases_of.setdefault(str(version), []).append(alias)
         lines.append(f"{model.name}")
-        for version in sorted(client.search_model_versions(f"name = '{model.name}'"), key=lambda v: int(v.version)):
+        for version in sorted(
+            client.search_model_versions(f"name = '{model.name}'"), key=lambda v: int(v.version)
+        ):
             tags = version.tags
             aliases = " ".join(f"@{alias}" for alias in sorted(aliases_of.get(str(version.version), [])))
-            lines.append(f"  v{version.version} {aliases or '-'}  {tags.get('model')} seed {tags.get('seed')}  "
-                         f"mean validation {tags.get('mean_validation_accuracy')} over {tags.get('n_seeds')} "
-                         f"seeds  data {tags.get('data_version')}  run {tags.get('source_run_id')}")
+            lines.append(
+                f"  v{version.version} {aliases or '-'}  {tags.get('model')} seed {tags.get('seed')}  "
+                f"mean validation {tags.get('mean_validation_accuracy')} over {tags.get('n_seeds')} "
+                f"seeds  data {tags.get('data_version')}  run {tags.get('source_run_id')}"
+            )
     return lines
 
 

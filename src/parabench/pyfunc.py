@@ -7,6 +7,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
@@ -22,20 +23,25 @@ INPUT_EXAMPLE = pd.DataFrame(
 
 
 def check_pairs(frame: pd.DataFrame) -> pd.DataFrame:
-    """Both sentence columns present, all strings; else a clear ValueError (HTTP 400 when served)."""
+    """Both sentence columns present, all strings; else an MlflowException with a clear message that the
+    scoring server answers with HTTP 400 (INVALID_PARAMETER_VALUE; a ValueError would give a generic 400)."""
     if not isinstance(frame, pd.DataFrame):
-        raise ValueError(
+        raise MlflowException.invalid_parameter_value(
             f"expected a table with columns {', '.join(INPUT_COLUMNS)}, got {type(frame).__name__}"
         )
     missing = [column for column in INPUT_COLUMNS if column not in frame.columns]
     if missing:
-        raise ValueError(f"missing column(s) {', '.join(missing)}: each pair needs sentence1 and sentence2")
+        raise MlflowException.invalid_parameter_value(
+            f"missing column(s) {', '.join(missing)}: each pair needs sentence1 and sentence2"
+        )
     if frame.empty:
-        raise ValueError("no sentence pairs given")
+        raise MlflowException.invalid_parameter_value("no sentence pairs given")
     for column in INPUT_COLUMNS:
         bad = [i for i, value in enumerate(frame[column]) if not isinstance(value, str)]
         if bad:
-            raise ValueError(f"{column} must be a string in every pair; row {bad[0]} is not")
+            raise MlflowException.invalid_parameter_value(
+                f"{column} must be a string in every pair; row {bad[0]} is not"
+            )
     return frame
 
 

@@ -13,7 +13,7 @@ import json
 import math
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,20 @@ from parabench.config import ParabenchError, Params
 from parabench.sweep import ModelSweep, latest_sweeps, mean_std
 from parabench.zoo import get_spec
 
-SCORE_METRICS = ("train_accuracy", "train_f1", "validation_accuracy", "validation_f1", "test_accuracy", "test_f1")
+SCORE_METRICS = (
+    "train_accuracy",
+    "train_f1",
+    "validation_accuracy",
+    "validation_f1",
+    "test_accuracy",
+    "test_f1",
+)
 THROUGHPUT_METRICS = ("eval_samples_per_second", "train_samples_per_second")
 INTERVAL_METRICS = ("test_accuracy", "test_f1")
 SIZE_CLASSES = ("small", "regular", "large")
 PREDICTIONS_ARTIFACT = "predictions_test.csv"
 REPORT_RUN_TAGS = {"stage": "report"}
+MISSING = "n/a"
 
 
 @dataclass(frozen=True)
@@ -52,8 +60,12 @@ class ReportSettings:
     @classmethod
     def from_params(cls, params: Params) -> ReportSettings:
         raw = params.raw["report"]
-        return cls(**{f.name: params.path(raw[f.name]) if f.type == "Path" else float(raw[f.name])
-                      for f in fields(cls)})
+        return cls(
+            **{
+                f.name: params.path(raw[f.name]) if f.type == "Path" else float(raw[f.name])
+                for f in fields(cls)
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -71,10 +83,12 @@ class ModelResult:
 
 @dataclass(frozen=True)
 class Report:
+    """The table rows, the paired tests, the data version they are on, and the files written."""
+
     rows: list[dict[str, Any]]
     tests: list[dict[str, Any]]
     data_version: str
-    paths: list[Path]
+    paths: list[Path] = field(default_factory=list)
 
 
 def best_validation_seed(runs: dict[int, Run]) -> int:
@@ -83,10 +97,11 @@ def best_validation_seed(runs: dict[int, Run]) -> int:
 
 
 def load_predictions(run_id: str) -> pd.DataFrame:
-    """A run's predictions_test.csv artifact (idx, sentence1, sentence2, label, predicted_label, probability)."""
+    """A run's predictions_test.csv (idx, sentence1, sentence2, label, predicted_label, probability)."""
     with tempfile.TemporaryDirectory() as folder:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PREDICTIONS_ARTIFACT,
-                                                   dst_path=folder)
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=PREDICTIONS_ARTIFACT, dst_path=folder
+        )
         return pd.read_csv(path)
 
 
@@ -96,8 +111,10 @@ def collapse_reason(run: Run, predictions: pd.DataFrame, settings: ReportSetting
         return f"every test prediction is {int(predictions['predicted_label'].iloc[0])}"
     validation = run.data.metrics["validation_accuracy"]
     if abs(validation - settings.majority_rate) <= settings.collapse_margin:
-        return (f"validation accuracy {validation:.1%} is within {settings.collapse_margin:.1%} "
-                f"of the majority rate {settings.majority_rate:.1%}")
+        return (
+            f"validation accuracy {validation:.1%} is within {settings.collapse_margin:.1%} "
+            f"of the majority rate {settings.majority_rate:.1%}"
+        )
     return None
 
 
@@ -112,9 +129,9 @@ def interval(values: list[float], confidence: float) -> tuple[float, float]:
     """The t-distribution confidence interval of the mean (NaN bounds for fewer than two values)."""
     from scipy import stats
 
-    mean, std = mean_std(values)
     if len(values) < 2:
         return float("nan"), float("nan")
+    mean, std = mean_std(values)
     half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * std / math.sqrt(len(values))
     return mean - half, mean + half
 
@@ -136,11 +153,15 @@ def difference(ours: float, theirs: float | None) -> float:
 
 
 def summary_row(result: ModelResult, settings: ReportSettings) -> dict[str, Any]:
-    """One model's line of the tables: scores in percent, throughput in pairs/s, the study's numbers beside."""
+    """One model's line of the tables: scores in percent, pairs/s, and the study's numbers beside ours."""
     sweep, runs = result.sweep, list(result.sweep.runs.values())
-    row: dict[str, Any] = {"size_class": sweep.size_class, "model": sweep.model, "n_seeds": len(runs),
-                           "seeds": ",".join(map(str, sweep.runs)),
-                           "parameters": int(runs[0].data.metrics["num_parameters"])}
+    row: dict[str, Any] = {
+        "size_class": sweep.size_class,
+        "model": sweep.model,
+        "n_seeds": len(runs),
+        "seeds": ",".join(map(str, sweep.runs)),
+        "parameters": int(runs[0].data.metrics["num_parameters"]),
+    }
     for name in SCORE_METRICS:
         row[f"{name}_mean"], row[f"{name}_std"] = mean_std(metric_values(runs, name, 100.0))
     for name in INTERVAL_METRICS:
@@ -156,8 +177,11 @@ def summary_row(result: ModelResult, settings: ReportSettings) -> dict[str, Any]
     row["best_validation_seed"] = result.best_seed
     row["best_validation_run_id"] = sweep.runs[result.best_seed].info.run_id
     row["collapsed_seeds"] = ",".join(map(str, result.collapsed))
-    row |= {"data_version": sweep.identity.data_version, "recipe_fingerprint": sweep.identity.recipe_fingerprint,
-            "parent_run_id": sweep.parent.info.run_id}
+    row |= {
+        "data_version": sweep.identity.data_version,
+        "recipe_fingerprint": sweep.identity.recipe_fingerprint,
+        "parent_run_id": sweep.parent.info.run_id,
+    }
     return row
 
 
@@ -181,17 +205,29 @@ def paired_tests(results: list[ModelResult], settings: ReportSettings) -> list[d
     """Per size class, McNemar's exact test on the test predictions of the two best models' best seeds."""
     tests = []
     for size_class in class_order(result.sweep.size_class for result in results):
-        ranked = sorted((r for r in results if r.sweep.size_class == size_class), key=mean_validation,
-                        reverse=True)
+        ranked = sorted(
+            (r for r in results if r.sweep.size_class == size_class), key=mean_validation, reverse=True
+        )
         if len(ranked) < 2:
             continue
         first, second = ranked[:2]
         pairs, only_first, only_second, p_value = mcnemar_exact(
-            first.predictions[first.best_seed], second.predictions[second.best_seed])
-        tests.append({"size_class": size_class, "model_a": first.sweep.model, "seed_a": first.best_seed,
-                      "model_b": second.sweep.model, "seed_b": second.best_seed, "pairs": pairs,
-                      "only_a_correct": only_first, "only_b_correct": only_second, "p_value": p_value,
-                      "significant": p_value < settings.significance_level})
+            first.predictions[first.best_seed], second.predictions[second.best_seed]
+        )
+        tests.append(
+            {
+                "size_class": size_class,
+                "model_a": first.sweep.model,
+                "seed_a": first.best_seed,
+                "model_b": second.sweep.model,
+                "seed_b": second.best_seed,
+                "pairs": pairs,
+                "only_a_correct": only_first,
+                "only_b_correct": only_second,
+                "p_value": p_value,
+                "significant": p_value < settings.significance_level,
+            }
+        )
     return tests
 
 
@@ -203,13 +239,13 @@ def class_order(size_classes: Iterable[str]) -> list[str]:
 
 def plus_minus(mean: float, std: float, digits: int = 2) -> str:
     if math.isnan(mean):
-        return "–"
+        return MISSING
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def number(value: float | None, digits: int = 2, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+        return MISSING
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
@@ -226,52 +262,74 @@ TABLE_HEADER = (
 def table_line(row: dict[str, Any]) -> str:
     flag = " ⚠" if row["collapsed_seeds"] else ""
     scores = [plus_minus(row[f"{name}_mean"], row[f"{name}_std"]) for name in SCORE_METRICS]
-    cells = [f"{row['model']}{flag}", parameters_text(row["parameters"]), str(row["n_seeds"]), *scores,
-             f"{number(row['test_accuracy_ci_low'])} – {number(row['test_accuracy_ci_high'])}",
-             plus_minus(row["eval_samples_per_second_mean"], row["eval_samples_per_second_std"], 1),
-             number(row["paper_test_accuracy"]), number(row["diff_test_accuracy"], signed=True),
-             number(row["paper_test_f1"]), number(row["diff_test_f1"], signed=True)]
+    cells = [
+        f"{row['model']}{flag}",
+        parameters_text(row["parameters"]),
+        str(row["n_seeds"]),
+        *scores,
+        f"[{number(row['test_accuracy_ci_low'])}, {number(row['test_accuracy_ci_high'])}]",
+        plus_minus(row["eval_samples_per_second_mean"], row["eval_samples_per_second_std"], 1),
+        number(row["paper_test_accuracy"]),
+        number(row["diff_test_accuracy"], signed=True),
+        number(row["paper_test_f1"]),
+        number(row["diff_test_f1"], signed=True),
+    ]
     return "| " + " | ".join(cells) + " |"
 
 
 def test_line(test: dict[str, Any]) -> str:
     verdict = "significant" if test["significant"] else "not significant"
-    return (f"- **{test['size_class']}**: {test['model_a']} (seed {test['seed_a']}) vs {test['model_b']} "
-            f"(seed {test['seed_b']}) on {test['pairs']} test pairs: only the first right on "
-            f"{test['only_a_correct']}, only the second on {test['only_b_correct']}; exact McNemar "
-            f"p = {test['p_value']:.4g} ({verdict})")
+    return (
+        f"- **{test['size_class']}**: {test['model_a']} (seed {test['seed_a']}) vs {test['model_b']} "
+        f"(seed {test['seed_b']}) on {test['pairs']} test pairs: only the first right on "
+        f"{test['only_a_correct']}, only the second on {test['only_b_correct']}; exact McNemar "
+        f"p = {test['p_value']:.4g} ({verdict})"
+    )
 
 
 def markdown(report: Report, results: list[ModelResult], settings: ReportSettings) -> str:
     """results.md: one table per size class, the significance tests and the collapsed seeds."""
     confidence = f"{settings.confidence:.0%}"
-    lines = ["# MRPC results", "",
-             f"Data version `{report.data_version}`. Accuracy and F1 in percent, mean ± sample standard "
-             "deviation (ddof=1) over the seeds; Test acc CI: the "
-             f"{confidence} t-interval of the mean test accuracy. Samples/s: test-split inference "
-             "throughput on our hardware (the study's: a T4). Δ: ours minus the study's, in points. "
-             "⚠: a seed collapsed to the majority class (see below).", ""]
+    lines = [
+        "# MRPC results",
+        "",
+        f"Data version `{report.data_version}`. Accuracy and F1 in percent, mean ± sample standard "
+        "deviation (ddof=1) over the seeds; Test acc CI: the "
+        f"{confidence} t-interval of the mean test accuracy. Samples/s: test-split inference "
+        "throughput on our hardware (the study's: a T4). Δ: ours minus the study's, in points. "
+        "⚠: a seed collapsed to the majority class (see below).",
+        "",
+    ]
     for size_class in class_order(row["size_class"] for row in report.rows):
         lines += [f"## {size_class}", "", TABLE_HEADER, "|" + "---|" * TABLE_HEADER.count(" | ") + "---|"]
         lines += [table_line(row) for row in report.rows if row["size_class"] == size_class] + [""]
     lines += ["## Paired significance (two best models per class by mean validation accuracy)", ""]
     lines += [test_line(test) for test in report.tests] or ["- no class has two models"]
     lines += ["", "## Collapsed seeds", ""]
-    lines += [f"- {result.sweep.model} seed {seed}: {why}" for result in results
-              for seed, why in result.collapsed.items()] or ["- none"]
+    lines += [
+        f"- {result.sweep.model} seed {seed}: {why}"
+        for result in results
+        for seed, why in result.collapsed.items()
+    ] or ["- none"]
     return "\n".join(lines) + "\n"
 
 
 def flat_metrics(row: dict[str, Any]) -> dict[str, float]:
     """The numeric, finite entries of a row (what `dvc metrics show` can display)."""
-    return {key: value for key, value in row.items()
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)}
+    return {
+        key: value
+        for key, value in row.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indexes of the points no other point beats on both coordinates (higher is better on each)."""
-    return [i for i, (x, y) in enumerate(points)
-            if not any(ox >= x and oy >= y and (ox, oy) != (x, y) for ox, oy in points)]
+    return [
+        i
+        for i, (x, y) in enumerate(points)
+        if not any(ox >= x and oy >= y and (ox, oy) != (x, y) for ox, oy in points)
+    ]
 
 
 def new_figure(columns: int = 1, width: float = 7.0, height: float = 4.5) -> tuple[Any, Any]:
@@ -299,13 +357,22 @@ def plot_tradeoff(rows: list[dict[str, Any]], size_class: str, path: Path) -> Pa
     figure, (axis,) = new_figure()
     points = [(row["eval_samples_per_second_mean"], row["test_accuracy_mean"]) for row in rows]
     for row, (x, y) in zip(rows, points, strict=True):
-        axis.errorbar(x, y, xerr=np.nan_to_num(row["eval_samples_per_second_std"]),
-                      yerr=np.nan_to_num(row["test_accuracy_std"]), fmt="o", capsize=3)
+        axis.errorbar(
+            x,
+            y,
+            xerr=np.nan_to_num(row["eval_samples_per_second_std"]),
+            yerr=np.nan_to_num(row["test_accuracy_std"]),
+            fmt="o",
+            capsize=3,
+        )
         axis.annotate(row["model"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     front = sorted(points[i] for i in pareto_front(points))
     axis.plot(*zip(*front, strict=True), "r*--", markersize=12, label="Pareto front")
-    axis.set(xlabel="test inference samples/s", ylabel="test accuracy (%)",
-             title=f"{size_class}: accuracy vs speed (mean ± std over seeds)")
+    axis.set(
+        xlabel="test inference samples/s",
+        ylabel="test accuracy (%)",
+        title=f"{size_class}: accuracy vs speed (mean ± std over seeds)",
+    )
     axis.legend()
     return save(figure, path)
 
@@ -324,8 +391,10 @@ def plot_seed_spread(results: list[ModelResult], path: Path) -> Path:
 
 
 def validation_history(client: MlflowClient, run: Run) -> tuple[list[int], list[float]]:
-    history = sorted(client.get_metric_history(run.info.run_id, "validation_accuracy"), key=lambda m: m.step)
-    return [m.step for m in history], [m.value * 100.0 for m in history]
+    """(epochs, validation accuracy in percent): the newest value logged at each step."""
+    history = client.get_metric_history(run.info.run_id, "validation_accuracy")
+    by_step = {m.step: m.value * 100.0 for m in sorted(history, key=lambda m: (m.step, m.timestamp))}
+    return list(by_step), list(by_step.values())
 
 
 def plot_validation_curves(results: list[ModelResult], path: Path) -> Path:
@@ -335,10 +404,11 @@ def plot_validation_curves(results: list[ModelResult], path: Path) -> Path:
     figure, axes = new_figure(columns=len(classes), width=6.0)
     for axis, size_class in zip(axes, classes, strict=True):
         for index, result in enumerate(r for r in results if r.sweep.size_class == size_class):
-            for number_of_seed, run in enumerate(result.sweep.runs.values()):
-                label = result.sweep.model if number_of_seed == 0 else None
-                axis.plot(*validation_history(client, run), marker="o", color=f"C{index}", alpha=0.7,
-                          label=label)
+            for position, run in enumerate(result.sweep.runs.values()):
+                label = result.sweep.model if position == 0 else None
+                axis.plot(
+                    *validation_history(client, run), marker="o", color=f"C{index}", alpha=0.7, label=label
+                )
         axis.set(xlabel="epoch", ylabel="validation accuracy (%)", title=size_class)
         axis.legend(fontsize=8)
     return save(figure, path)
@@ -355,8 +425,11 @@ def write_outputs(report: Report, results: list[ModelResult], settings: ReportSe
     settings.results_csv.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(report.rows).to_csv(settings.results_csv, index=False)
     json_text = json.dumps({row["model"]: flat_metrics(row) for row in report.rows}, indent=2, sort_keys=True)
-    paths = [write_text(settings.results_md, markdown(report, results, settings)), settings.results_csv,
-             write_text(settings.results_json, json_text + "\n")]
+    paths = [
+        write_text(settings.results_md, markdown(report, results, settings)),
+        settings.results_csv,
+        write_text(settings.results_json, json_text + "\n"),
+    ]
     for size_class in class_order(row["size_class"] for row in report.rows):
         rows = [row for row in report.rows if row["size_class"] == size_class]
         paths.append(plot_tradeoff(rows, size_class, settings.plots_dir / f"tradeoff_{size_class}.png"))
@@ -380,15 +453,15 @@ def build_report(
 ) -> Report:
     """Read the sweeps of the models from MLflow and write every output; see the module docstring."""
     settings = ReportSettings.from_params(params)
-    sweeps = {sweep.model: sweep for sweep in latest_sweeps(params, models, data_version)}
-    for model in models:
-        if not sweeps.get(model, ModelSweep(None, {})).runs:  # type: ignore[arg-type]
-            log(f"warning: no FINISHED sweep run of {model} on this data version; left out")
-    results = [model_result(sweeps[m], settings) for m in models if m in sweeps and sweeps[m].runs]
-    if not results:
+    sweeps = [sweep for sweep in latest_sweeps(params, models, data_version) if sweep.runs]
+    swept = {sweep.model for sweep in sweeps}
+    for model in (m for m in models if m not in swept):
+        log(f"warning: {model} has no FINISHED sweep run on this data version; left out of the report")
+    if not sweeps:
         raise ParabenchError(f"no FINISHED sweep runs of {', '.join(models)}; run `parabench sweep` first")
+    results = [model_result(sweep, settings) for sweep in sweeps]
     rows = [summary_row(result, settings) for result in results]
-    report = Report(rows, paired_tests(results, settings), rows[0]["data_version"], [])
-    report = Report(report.rows, report.tests, report.data_version, write_outputs(report, results, settings))
+    report = Report(rows, paired_tests(results, settings), sweeps[0].identity.data_version)
+    report.paths.extend(write_outputs(report, results, settings))
     log(f"report run: {log_report_run(report, settings)}")
     return report

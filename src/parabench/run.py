@@ -52,9 +52,13 @@ def choose_recipe(params: Params, spec: ModelSpec, recipe_name: str, overrides: 
     return params.recipe(name).with_overrides(**{k: v for k, v in overrides.items() if v})
 
 
-def recipe_fingerprint(recipe: Recipe, max_train_samples: int, max_length: int) -> str:
+def recipe_fingerprint(
+    recipe: Recipe, max_train_samples: int, max_length: int, max_eval_samples: int = 0
+) -> str:
     """A short hash of everything that shapes a run besides model, seed and data: equal runs share it."""
     values = {**asdict(recipe), "max_train_samples": max_train_samples, "max_length": max_length}
+    if max_eval_samples:
+        values["max_eval_samples"] = max_eval_samples
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -118,6 +122,8 @@ def train_and_track(
 
     frames = load_frames(params.path(params.data.processed_dir))
     frames["train"] = subsample(frames["train"], max_train_samples, seed)
+    for split in ("validation", "test"):
+        frames[split] = subsample(frames[split], params.train.max_eval_samples, seed)
     set_seed(seed)
     tokenizer, model = load_tokenizer_and_model(spec, params, weights=weights)
     encoded = {
@@ -131,7 +137,9 @@ def train_and_track(
         "family": spec.family,
         "seed": str(seed),
         "data_version": data_version,
-        "recipe_fingerprint": recipe_fingerprint(recipe, max_train_samples, params.train.max_length),
+        "recipe_fingerprint": recipe_fingerprint(
+            recipe, max_train_samples, params.train.max_length, params.train.max_eval_samples
+        ),
         **(extra_tags or {}),
     }
     with tracking.tracked_run(run_name=f"{spec.key}-seed{seed}", tags=tags, nested=nested) as run:
@@ -145,6 +153,7 @@ def train_and_track(
                 "family": spec.family,
                 "seed": seed,
                 "max_train_samples": max_train_samples,
+                "max_eval_samples": params.train.max_eval_samples,
                 "train_samples": len(frames["train"]),
                 "max_length": params.train.max_length,
                 "eval_batch_size": params.train.eval_batch_size,
@@ -192,7 +201,7 @@ def train_and_track(
         log_run_artifacts(
             model, tokenizer, frames["test"], encoded["test"], test_predictions, final, params, spec
         )
-        tracking.log_final_metrics(final)
+        tracking.log_final_metrics(final, step=recipe.epochs)
         write_metrics_file(
             params.path(params.train.reports_dir) / "metrics.json",
             {"model": spec.key, "seed": seed, "run_id": run.info.run_id, **final},

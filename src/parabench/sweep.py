@@ -1,4 +1,4 @@
-"""`parabench sweep`: every model × seed, one MLflow parent run per model holding a nested run per seed.
+"""`parabench sweep`: every model with every seed; one MLflow parent run per model, a nested run per seed.
 
 A sweep is resumable: a seed that already has a FINISHED run with the same model, recipe fingerprint and
 data version is skipped; failed, killed or interrupted seeds run again, under the same parent run.
@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from parabench import tracking
 from parabench.config import ParabenchError, Params
+from parabench.data.validate import require_validated
 from parabench.run import choose_recipe, recipe_fingerprint, train_and_track
 from parabench.zoo import get_spec
 
@@ -39,8 +40,11 @@ class Identity:
     data_version: str
 
     def tags(self) -> dict[str, str]:
-        return {"model": self.model, "recipe_fingerprint": self.recipe_fingerprint,
-                "data_version": self.data_version}
+        return {
+            "model": self.model,
+            "recipe_fingerprint": self.recipe_fingerprint,
+            "data_version": self.data_version,
+        }
 
     def filter(self) -> str:
         """An MLflow search filter matching runs that carry these three tags."""
@@ -79,7 +83,7 @@ def quoted(value: str) -> str:
 
 def parse_models(value: str | None, params: Params) -> list[str]:
     """Zoo keys from a comma list, default params.yaml sweep.models; unknown keys fail before any training."""
-    models = [key.strip() for key in value.split(",") if key.strip()] if value else list(params.sweep["models"])
+    models = [key.strip() for key in (value or "").split(",") if key.strip()] or list(params.sweep["models"])
     if not models:
         raise ParabenchError("no models to sweep: give --models or set sweep.models in params.yaml")
     for key in models:
@@ -88,7 +92,7 @@ def parse_models(value: str | None, params: Params) -> list[str]:
 
 
 def parse_seeds(value: str | None, params: Params) -> list[int]:
-    """A count N (the first N of params.yaml sweep.seeds) or a comma list of seeds ('42,' is seed 42 alone)."""
+    """A count N (the first N of params.yaml sweep.seeds) or a comma list of seeds ('42,' = seed 42 only)."""
     configured = [int(seed) for seed in params.sweep["seeds"]]
     if not value:
         return configured
@@ -118,13 +122,17 @@ def identity_for(
     spec = get_spec(model_key, params)
     recipe = choose_recipe(params, spec, recipe_name, overrides or {})
     samples = params.train.max_train_samples if max_train_samples is None else max_train_samples
-    return Identity(spec.key, recipe_fingerprint(recipe, samples, params.train.max_length), data_version)
+    fingerprint = recipe_fingerprint(recipe, samples, params.train.max_length, params.train.max_eval_samples)
+    return Identity(spec.key, fingerprint, data_version)
 
 
 def search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
     """Active (not deleted) runs matching the filter, newest first."""
     return client.search_runs(
-        [experiment_id], filter_string, run_view_type=ViewType.ACTIVE_ONLY, max_results=MAX_RESULTS,
+        [experiment_id],
+        filter_string,
+        run_view_type=ViewType.ACTIVE_ONLY,
+        max_results=MAX_RESULTS,
         order_by=["attributes.start_time DESC"],
     )
 
@@ -136,7 +144,7 @@ def find_parents(client: MlflowClient, experiment_id: str, extra_filter: str = "
 
 
 def seed_runs(client: MlflowClient, experiment_id: str, identity: Identity) -> dict[int, Run]:
-    """The newest FINISHED training run of each seed with this identity (sweep children or lone train runs)."""
+    """The newest FINISHED training run of each seed with this identity (sweep children or `train` runs)."""
     runs: dict[int, Run] = {}
     for run in search(client, experiment_id, f"{identity.filter()} and attributes.status = '{FINISHED}'"):
         tags = run.data.tags
@@ -172,7 +180,9 @@ def session_run() -> AbstractContextManager[Any]:
     return nullcontext()
 
 
-def open_parent(client: MlflowClient, experiment_id: str, identity: Identity, size_class: str) -> mlflow.ActiveRun:
+def open_parent(
+    client: MlflowClient, experiment_id: str, identity: Identity, size_class: str
+) -> mlflow.ActiveRun:
     """Resume the parent run of this identity, or start it; nested when an outer run is active."""
     nested = mlflow.active_run() is not None
     existing = find_parents(client, experiment_id, identity.filter())
@@ -200,8 +210,15 @@ def sweep_model(
             if seed in done:
                 log(f"skip {identity.model} seed {seed}: FINISHED run {done[seed].info.run_id}")
                 continue
-            train_and_track(params, identity.model, seed, nested=True, log=log,
-                            extra_tags={SWEEP_PARENT_TAG: parent_id}, **train_options)
+            train_and_track(
+                params,
+                identity.model,
+                seed,
+                nested=True,
+                log=log,
+                extra_tags={SWEEP_PARENT_TAG: parent_id},
+                **train_options,
+            )
         runs = seed_runs(client, experiment_id, identity)
         mlflow.log_metrics(aggregate(runs.values()))
         mlflow.set_tag("seeds", ",".join(map(str, runs)))
@@ -218,33 +235,43 @@ def run_sweep(
     log: Callable[[str], None] = print,
 ) -> list[ModelSweep]:
     """Sweep the models over the seeds on validated MRPC; returns each model's parent and seed runs."""
-    from parabench.data.validate import require_validated
-
     data_version = require_validated(params)
     experiment_id = tracking.configure(params)
     client = MlflowClient()
-    train_options = {"recipe_name": recipe_name, "overrides": overrides, "max_train_samples": max_train_samples}
+    train_options = {
+        "recipe_name": recipe_name,
+        "overrides": overrides,
+        "max_train_samples": max_train_samples,
+    }
     with session_run():
         return [
-            sweep_model(params, client, experiment_id,
-                        identity_for(params, model, data_version, recipe_name, overrides, max_train_samples),
-                        seeds, train_options, log)
+            sweep_model(
+                params,
+                client,
+                experiment_id,
+                identity_for(params, model, data_version, **train_options),
+                seeds,
+                train_options,
+                log,
+            )
             for model in models
         ]
 
 
-def latest_sweeps(
-    params: Params, models: list[str] | None = None, data_version: str | None = None
-) -> list[ModelSweep]:
-    """Per model, its newest sweep on one data version (default: that of the newest sweep among them)."""
+def latest_sweeps(params: Params, models: list[str], data_version: str | None = None) -> list[ModelSweep]:
+    """Per model, in the given order, its newest sweep on one data version (default: that of the newest
+    sweep among the models); models without a sweep there are left out."""
     experiment_id = tracking.configure(params)
     client = MlflowClient()
-    parents = [run for run in find_parents(client, experiment_id)
-               if models is None or run.data.tags.get("model") in models]
+    parents = [run for run in find_parents(client, experiment_id) if run.data.tags.get("model") in models]
     if data_version is None and parents:
         data_version = parents[0].data.tags["data_version"]
     newest: dict[str, Run] = {}
     for parent in parents:
         if parent.data.tags["data_version"] == data_version:
             newest.setdefault(parent.data.tags["model"], parent)
-    return [ModelSweep(parent, seed_runs(client, experiment_id, Identity.of(parent))) for parent in newest.values()]
+    return [
+        ModelSweep(newest[model], seed_runs(client, experiment_id, Identity.of(newest[model])))
+        for model in models
+        if model in newest
+    ]

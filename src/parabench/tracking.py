@@ -130,11 +130,12 @@ def log_epoch(epoch: int, values: dict[str, float]) -> None:
     mlflow.log_metrics(values, step=epoch)
 
 
-def log_final_metrics(values: dict[str, float]) -> None:
+def log_final_metrics(values: dict[str, float], step: int) -> None:
+    """Log the end-of-run metrics at the last epoch's step, so per-epoch curves end where the run ended."""
     missing = [name for name in FINAL_METRICS if name not in values]
     if missing:
         raise ValueError(f"final metrics missing: {missing}")
-    mlflow.log_metrics({name: float(values[name]) for name in FINAL_METRICS})
+    mlflow.log_metrics({name: float(values[name]) for name in FINAL_METRICS}, step=step)
 
 
 def log_json(values: dict[str, Any], artifact_file: str) -> None:

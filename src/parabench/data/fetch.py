@@ -44,13 +44,15 @@ def is_url(location: str) -> bool:
     return location.startswith(("http://", "https://"))
 
 
-def sha256_file(path: Path) -> str:
-    """The hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
+def file_hash(path: Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes."""
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, algorithm).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file."""
+    return file_hash(path, "sha256")
 
 
 def resolve_source(params: Params, source: str | None) -> Source:

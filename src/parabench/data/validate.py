@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -66,10 +67,19 @@ def first_line(error: object) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def with_valid_strings(table: pa.Table) -> pa.Table:
-    """String columns holding invalid UTF-8 become binary, so they load as bytes for the type checks."""
+def decoded(value: bytes) -> str | bytes:
+    """A value as str when it is valid UTF-8, else the raw bytes (which the type expectation then reports)."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    """A parquet table as pandas; in string columns with invalid UTF-8, only the invalid values stay bytes."""
     import pyarrow as pa
 
+    invalid = []
     for index, column in enumerate(table.columns):
         kind = table.schema.field(index).type
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
@@ -79,7 +89,11 @@ def with_valid_strings(table: pa.Table) -> pa.Table:
         except pa.ArrowInvalid:
             binary = pa.large_binary() if pa.types.is_large_string(kind) else pa.binary()
             table = table.set_column(index, table.schema.field(index).name, column.cast(binary))
-    return table
+            invalid.append(table.schema.field(index).name)
+    frame = table.to_pandas()
+    for name in invalid:
+        frame[name] = frame[name].map(decoded, na_action="ignore").astype(object)
+    return frame
 
 
 def read_split(path: Path) -> SplitFile:
@@ -94,7 +108,7 @@ def read_split(path: Path) -> SplitFile:
     data = path.read_bytes()
     split_file.sha256 = hashlib.sha256(data).hexdigest()
     try:
-        split_file.frame = with_valid_strings(pq.read_table(pa.BufferReader(data))).to_pandas()
+        split_file.frame = to_frame(pq.read_table(pa.BufferReader(data)))
     except Exception as error:  # any damage must end as a failure line, never as a traceback
         split_file.problem = f"not a readable parquet file ({type(error).__name__}: {first_line(error)})"
     return split_file
@@ -142,13 +156,12 @@ def split_expectations(params: Params, split: str) -> list[Expectation]:
         gxe.ExpectColumnMeanToBeBetween(column="label", min_value=rate["min"], max_value=rate["max"]),
         gxe.ExpectColumnValuesToBeInSet(column=LEAK_COLUMN, value_set=[False], notes=LEAK_NOTE),
     ]
-    for column, type_ in COLUMN_TYPES.items():
+    expectations += [
+        gxe.ExpectColumnValuesToBeOfType(column=column, type_=kind) for column, kind in COLUMN_TYPES.items()
+    ]
+    for column in SENTENCE_COLUMNS:  # int64 columns cannot hold nulls: their type expectation covers them
         expectations += [
-            gxe.ExpectColumnValuesToBeOfType(column=column, type_=type_),
             gxe.ExpectColumnValuesToNotBeNull(column=column),
-        ]
-    for column in SENTENCE_COLUMNS:
-        expectations += [
             gxe.ExpectColumnValuesToMatchRegex(column=column, regex=r"\S"),
             gxe.ExpectColumnValueLengthsToBeBetween(
                 column=column, min_value=chars["min"], max_value=chars["max"]
@@ -216,9 +229,14 @@ def exception_message(info: dict[str, Any] | None) -> str | None:
     return None
 
 
+def plain(value: Any) -> Any:
+    """numpy scalars as Python ones, so messages read `1.0`, not `np.float64(1.0)`."""
+    return value.item() if isinstance(value, numbers.Number) and hasattr(value, "item") else value
+
+
 def show_values(values: list[Any]) -> str:
     """A short list of values for a message."""
-    shown = ", ".join(repr(value)[:80] for value in values[:SHOWN_VALUES])
+    shown = ", ".join(repr(plain(value))[:80] for value in values[:SHOWN_VALUES])
     return f"[{shown}{', …' if len(values) > SHOWN_VALUES else ''}]"
 
 
@@ -255,7 +273,7 @@ def describe(kwargs: dict[str, Any], result: dict[str, Any], error: str | None) 
         text += show_values(result.get("partial_unexpected_list") or [])
         rows = result.get("partial_unexpected_index_list")
         return text + (f" at row(s) {show_values(rows)}" if rows else "")
-    observed = result.get("observed_value")
+    observed = plain(result.get("observed_value"))
     if isinstance(observed, list) and "column_list" in kwargs:
         return columns_text(observed, list(kwargs["column_list"]))
     return f"observed {observed!r}{expected_text(kwargs)}"
@@ -325,7 +343,7 @@ def report_document(
             }
             for split, split_file in split_files.items()
         },
-        "bands": {key: params.raw["validate"][key] for key in BAND_KEYS},
+        "bands": {key: getattr(params.validate, key) for key in BAND_KEYS},
         "data_docs": display_path(params, index),
         "great_expectations_version": gx.__version__,
     }

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from parabench.config import Params
-from parabench.data.fetch import CHUNK_BYTES, sha256_file
+from parabench.data.fetch import file_hash, sha256_file
 from parabench.data.prepare import SPLITS, split_paths
 
 DVC_LOCK = "dvc.lock"
@@ -36,19 +36,12 @@ def sums_version(sums: dict[str, str | None]) -> str:
     return "sha256:" + hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
-def md5_file(path: Path) -> str:
-    """The hex MD5 of a file (DVC's file hash)."""
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def dvc_dir_md5(folder: Path) -> str:
     """The hash DVC 3 gives a directory output: MD5 of its sorted JSON listing of file MD5s, plus '.dir'."""
     files = sorted(path for path in folder.rglob("*") if path.is_file())
-    entries = [{"md5": md5_file(path), "relpath": path.relative_to(folder).as_posix()} for path in files]
+    entries = [
+        {"md5": file_hash(path, "md5"), "relpath": path.relative_to(folder).as_posix()} for path in files
+    ]
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
 
 

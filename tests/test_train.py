@@ -1,0 +1,206 @@
+"""Training runs as users start them: every tiny family logs a complete MLflow run whose model predicts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from parabench.cli import app
+from parabench.config import PARAMS_ENV, Params, load_params
+from parabench.run import train_and_track
+from parabench.tracking import EPOCH_METRICS, FINAL_METRICS
+from parabench.zoo import load_zoo
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_MODELS = sorted(key for key in load_zoo() if key.startswith("tiny-"))
+EXPECTED_PARAMS = {
+    "model",
+    "size_class",
+    "family",
+    "seed",
+    "num_parameters",
+    "data_version",
+    "git_commit",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "weight_decay",
+    "scheduler",
+    "hardware_cpu",
+    "hardware_gpu",
+    "hardware_threads",
+    "dtype",
+    "eval_path",
+    "recipe",
+}
+EXPECTED_ARTIFACTS = {"confusion_matrix_test.png", "predictions_test.csv", "metrics.json"}
+
+
+@pytest.fixture(scope="module")
+def train_project(validated_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Params]:
+    """A writable validated project with its own tracking store; evaluation capped to keep tests fast."""
+    folder = Path(shutil.copytree(validated_project, tmp_path_factory.mktemp("train") / "project"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(PARAMS_ENV, str(folder / "params.yaml"))
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        params = load_params(folder / "params.yaml")
+        yield dataclasses.replace(params, train=dataclasses.replace(params.train, max_eval_samples=96))
+
+
+def runs_in(status: str) -> list:
+    return [run for run in MlflowClient().search_runs(search_all_experiments()) if run.info.status == status]
+
+
+def search_all_experiments() -> list[str]:
+    return [experiment.experiment_id for experiment in MlflowClient().search_experiments()]
+
+
+@pytest.mark.parametrize("model_key", TINY_MODELS)
+def test_every_tiny_family_logs_a_complete_run(train_project: Params, model_key: str) -> None:
+    summary = train_and_track(
+        train_project, model_key, seed=7, overrides={"epochs": 1}, max_train_samples=32, log=lambda _: None
+    )
+    client = MlflowClient()
+    run = client.get_run(summary.run_id)
+    spec = load_zoo()[model_key]
+
+    assert run.info.status == "FINISHED"
+    assert set(run.data.params) >= EXPECTED_PARAMS
+    assert run.data.params["model"] == model_key and run.data.params["seed"] == "7"
+    assert run.data.params["lora"] == str(spec.lora)
+    assert set(FINAL_METRICS) <= set(run.data.metrics)
+    assert all(
+        0.0 <= run.data.metrics[f"{split}_accuracy"] <= 1.0 for split in ("train", "validation", "test")
+    )
+    assert run.data.metrics["num_parameters"] == int(run.data.params["num_parameters"]) > 0
+    for name in EPOCH_METRICS:
+        assert {m.step for m in client.get_metric_history(summary.run_id, name)} == {1}
+    assert {k: run.data.tags[k] for k in ("model", "size_class", "family")} == {
+        "model": model_key,
+        "size_class": spec.size_class,
+        "family": spec.family,
+    }
+    assert {a.path for a in client.list_artifacts(summary.run_id)} >= EXPECTED_ARTIFACTS
+
+    logged = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{summary.run_id}'",
+        output_format="list",
+    )
+    assert [m.name for m in logged] == ["model"]
+    model = mlflow.pyfunc.load_model(f"runs:/{summary.run_id}/model")
+    assert [c.name for c in model.metadata.get_input_schema().inputs] == ["sentence1", "sentence2"]
+    prediction = model.predict(
+        pd.DataFrame({"sentence1": ["A man is eating."], "sentence2": ["A man eats."]})
+    )
+    assert list(prediction.columns) == ["label", "probability"]
+    assert prediction["label"].iloc[0] in (0, 1) and 0.0 <= prediction["probability"].iloc[0] <= 1.0
+    if spec.lora:
+        assert run.data.params["lora_r"] == "16" and run.data.params["lora_bias"] == "all"
+
+
+def test_logged_predictions_and_metrics_agree(train_project: Params) -> None:
+    summary = train_and_track(
+        train_project, "tiny-bert", seed=3, overrides={"epochs": 1}, max_train_samples=32, log=lambda _: None
+    )
+    folder = mlflow.artifacts.download_artifacts(run_id=summary.run_id, artifact_path="predictions_test.csv")
+    table = pd.read_csv(folder)
+    assert len(table) == 96
+    assert {"idx", "sentence1", "sentence2", "label", "predicted_label", "probability"} <= set(table.columns)
+    accuracy = (table["label"] == table["predicted_label"]).mean()
+    assert accuracy == pytest.approx(summary.metrics["test_accuracy"])
+    written = (train_project.path(train_project.train.reports_dir) / "metrics.json").read_text()
+    assert summary.run_id in written
+
+
+def test_pairs_decide_the_prediction_not_the_first_sentence_alone(train_project: Params) -> None:
+    summary = train_and_track(
+        train_project, "tiny-bert", seed=5, overrides={"epochs": 1}, max_train_samples=32, log=lambda _: None
+    )
+    model = mlflow.pyfunc.load_model(f"runs:/{summary.run_id}/model")
+    same_first = pd.DataFrame(
+        {
+            "sentence1": ["The company posted a profit."] * 2,
+            "sentence2": ["The company posted a profit.", "Rain is expected tomorrow."],
+        }
+    )
+    probabilities = model.predict(same_first)["probability"]
+    assert probabilities.iloc[0] != probabilities.iloc[1]
+    with pytest.raises(Exception, match="sentence2"):
+        model.predict(pd.DataFrame({"sentence1": ["only one sentence"]}))
+
+
+def cli_train(*args: str) -> tuple[int, str, float]:
+    started = time.perf_counter()
+    result = CliRunner().invoke(app, ["train", *args])
+    return result.exit_code, result.output, time.perf_counter() - started
+
+
+def test_unknown_model_is_one_clear_line_and_no_run(train_project: Params) -> None:
+    code, output, _ = cli_train("--model", "no-such-model", "--epochs", "1")
+    assert code == 1
+    assert "unknown model 'no-such-model'" in output and "parabench models" in output
+    assert runs_in("RUNNING") == []
+
+
+def test_unreachable_hub_fails_fast_with_how_to_get_weights(
+    train_project: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    code, output, seconds = cli_train("--model", "albert-base-v2", "--epochs", "1")
+    assert code == 1
+    assert "albert-base-v2" in output and "hf download" in output
+    assert seconds < 10
+    assert runs_in("RUNNING") == []
+
+
+def test_training_refuses_data_that_failed_validation(train_project: Params, tmp_path: Path) -> None:
+    folder = Path(
+        shutil.copytree(train_project.root, tmp_path / "failed", ignore=shutil.ignore_patterns("*.db"))
+    )
+    train = pd.read_parquet(folder / "data/processed/train.parquet")
+    train.loc[0, "label"] = 2
+    train.to_parquet(folder / "data/processed/train.parquet", index=False)
+    params = load_params(folder / "params.yaml")
+    with pytest.raises(Exception, match=r"train\.parquet"):
+        train_and_track(params, "tiny-bert", seed=1, overrides={"epochs": 1}, max_train_samples=32)
+
+
+@pytest.mark.slow
+def test_mlflow_run_entry_point_end_to_end(train_project: Params) -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(REPO_ROOT),
+        "-P",
+        "model=tiny-bert",
+        "-P",
+        "epochs=1",
+        "-P",
+        "max_train_samples=64",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        "parabench",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    finished = [run for run in runs_in("FINISHED") if run.data.params.get("max_train_samples") == "64"]
+    assert finished and set(FINAL_METRICS) <= set(finished[-1].data.metrics)
