@@ -202,5 +202,10 @@ def test_mlflow_run_entry_point_end_to_end(train_project: Params) -> None:
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    finished = [run for run in runs_in("FINISHED") if run.data.params.get("max_train_samples") == "64"]
-    assert finished and set(FINAL_METRICS) <= set(finished[-1].data.metrics)
+    launched = [run for run in runs_in("FINISHED") if run.data.params.get("max_train_samples") == "64"]
+    launch = next(run for run in launched if "mlflow.parentRunId" not in run.data.tags)
+    assert launch.data.params["epochs"] == "1" and launch.data.params["learning_rate"] == "0"
+    trained = next(run for run in launched if run.data.tags.get("mlflow.parentRunId") == launch.info.run_id)
+    assert set(trained.data.metrics) >= set(FINAL_METRICS)
+    assert trained.data.params["learning_rate"] == "2e-05" and trained.data.params["epochs"] == "1"
+    assert runs_in("RUNNING") == []

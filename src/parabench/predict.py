@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from parabench import tracking
 from parabench.config import ParabenchError, Params
 from parabench.pyfunc import INPUT_COLUMNS, check_pairs
+from parabench.zoo import quiet_transformers
 
 
 def first_line(error: Exception) -> str:
@@ -58,7 +59,8 @@ def load_model(params: Params, model_uri: str) -> Any:
 
     mlflow.set_tracking_uri(tracking.tracking_uri(params))
     try:
-        return mlflow.pyfunc.load_model(model_uri)
+        with quiet_transformers():
+            return mlflow.pyfunc.load_model(model_uri)
     except (MlflowException, OSError) as error:
         raise ParabenchError(f"cannot load {model_uri}: {first_line(error)}") from error
 

@@ -57,7 +57,9 @@ class RunKilled(Exception):
 def tracked_run(run_name: str, tags: dict[str, str], nested: bool = False) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that always ends: FINISHED on success, KILLED on interrupt/SIGTERM, FAILED on error.
 
-    Under `mlflow run` the run MLflow created (MLFLOW_RUN_ID) is the one used.
+    Under `mlflow run`, the run MLflow created (MLFLOW_RUN_ID) holds the entry point's parameters as the user
+    gave them (0 = "the recipe's value"); this run is nested under it and logs the resolved values under the
+    same names, so no value is silently dropped and every training run has the same columns.
     """
     previous_handler = signal.getsignal(signal.SIGTERM)
 
@@ -65,7 +67,10 @@ def tracked_run(run_name: str, tags: dict[str, str], nested: bool = False) -> It
         raise RunKilled(f"received signal {signum}")
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    run = mlflow.start_run(run_name=run_name, tags=tags, nested=nested)
+    launched_by_mlflow_run = bool(os.environ.get("MLFLOW_RUN_ID")) and mlflow.active_run() is None
+    if launched_by_mlflow_run:
+        mlflow.start_run()  # resumes the `mlflow run` launch run
+    run = mlflow.start_run(run_name=run_name, tags=tags, nested=nested or launched_by_mlflow_run)
     try:
         yield run
     except (KeyboardInterrupt, RunKilled):

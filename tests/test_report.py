@@ -1,0 +1,150 @@
+"""`parabench report` on the session's tiny sweep: its numbers equal a hand computation from the runs in
+MLflow, and it writes the tables, DVC metrics, plots and a `report` run."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.entities import Run
+from scipy import stats
+from test_sweep import SWEPT_MODELS, client_for, invoke, runs_of, swept  # noqa: F401
+
+from parabench import report as report_module
+from parabench.config import Params
+from parabench.report import SCORE_METRICS, ReportSettings, mcnemar_exact, pareto_front
+
+
+@pytest.fixture(scope="module")
+def settings(swept: Params) -> ReportSettings:  # noqa: F811
+    """The report's settings, after `parabench report` ran on the swept models."""
+    output = invoke("report", "--models", ",".join(SWEPT_MODELS)).output
+    assert "report run:" in output
+    return ReportSettings.from_params(swept)
+
+
+@pytest.fixture(scope="module")
+def table(settings: ReportSettings) -> pd.DataFrame:
+    return pd.read_csv(settings.results_csv).set_index("model")
+
+
+def finished_by_seed(params: Params, model: str) -> dict[int, Run]:
+    """By hand: the newest FINISHED non-parent run of each seed of the model."""
+    runs: dict[int, Run] = {}
+    for run in sorted(runs_of(params, model), key=lambda r: r.info.start_time, reverse=True):
+        if run.info.status == "FINISHED" and run.data.tags.get("sweep") != "parent":
+            runs.setdefault(int(run.data.tags["seed"]), run)
+    return runs
+
+
+def predictions(run: Run) -> pd.DataFrame:
+    with tempfile.TemporaryDirectory() as folder:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="predictions_test.csv", dst_path=folder
+        )
+        return pd.read_csv(path)
+
+
+def test_means_stds_and_intervals_equal_a_hand_computation(swept: Params, table: pd.DataFrame) -> None:  # noqa: F811
+    for model in SWEPT_MODELS:
+        runs = list(finished_by_seed(swept, model).values())
+        row = table.loc[model]
+        assert row["n_seeds"] == len(runs) == 2
+        assert row["parameters"] == runs[0].data.metrics["num_parameters"]
+        for name in SCORE_METRICS:
+            values = np.array([run.data.metrics[name] for run in runs]) * 100
+            assert row[f"{name}_mean"] == pytest.approx(values.mean())
+            assert row[f"{name}_std"] == pytest.approx(values.std(ddof=1))
+        values = np.array([run.data.metrics["test_accuracy"] for run in runs]) * 100
+        half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+        assert row["test_accuracy_ci_low"] == pytest.approx(values.mean() - half)
+        assert row["test_accuracy_ci_high"] == pytest.approx(values.mean() + half)
+        throughput = [run.data.metrics["eval_samples_per_second"] for run in runs]
+        assert row["eval_samples_per_second_mean"] == pytest.approx(np.mean(throughput))
+        best = max(runs, key=lambda r: (r.data.metrics["validation_accuracy"], -int(r.data.tags["seed"])))
+        assert row["best_validation_run_id"] == best.info.run_id
+
+
+def test_collapsed_seeds_are_the_ones_a_hand_check_flags(swept: Params, table: pd.DataFrame) -> None:  # noqa: F811
+    for model in SWEPT_MODELS:
+        expected = sorted(
+            seed
+            for seed, run in finished_by_seed(swept, model).items()
+            if predictions(run)["predicted_label"].nunique() == 1
+            or abs(run.data.metrics["validation_accuracy"] - 0.684) <= 0.005
+        )
+        flagged = table.loc[model, "collapsed_seeds"]
+        assert ([] if pd.isna(flagged) else [int(s) for s in str(flagged).split(",")]) == expected
+
+
+def test_markdown_json_and_plots_are_written(settings: ReportSettings, table: pd.DataFrame) -> None:
+    markdown = settings.results_md.read_text(encoding="utf-8")
+    assert "## small" in markdown and "Paper test acc" in markdown and "ddof=1" in markdown
+    for model in SWEPT_MODELS:
+        mean, std = table.loc[model, "test_accuracy_mean"], table.loc[model, "test_accuracy_std"]
+        assert f"{mean:.2f} ± {std:.2f}" in markdown
+    assert "exact McNemar" in markdown
+    metrics = json.loads(settings.results_json.read_text(encoding="utf-8"))
+    assert set(metrics) == set(SWEPT_MODELS)
+    assert all(isinstance(value, int | float) for values in metrics.values() for value in values.values())
+    assert metrics[SWEPT_MODELS[0]]["test_accuracy_mean"] == pytest.approx(
+        table.loc[SWEPT_MODELS[0], "test_accuracy_mean"]
+    )
+    for name in ("tradeoff_small.png", "seed_spread.png", "validation_curves.png"):
+        assert (settings.plots_dir / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_report_is_logged_as_a_report_run(swept: Params, settings: ReportSettings) -> None:  # noqa: F811
+    client, experiment_id = client_for(swept)
+    runs = client.search_runs([experiment_id], "tags.stage = 'report'")
+    assert runs and runs[0].info.status == "FINISHED"
+    logged = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"results.md", "results.csv", "results.json", "plots"} <= logged
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "plots")} >= {"plots/seed_spread.png"}
+
+
+def test_mcnemar_compares_the_best_validation_seeds(swept: Params, table: pd.DataFrame) -> None:  # noqa: F811
+    first, second = (predictions(finished_by_seed(swept, m)[table.loc[m, "best_validation_seed"]])
+                     for m in SWEPT_MODELS)
+    merged = first.merge(second, on="idx")
+    right_a = merged["predicted_label_x"] == merged["label_x"]
+    right_b = merged["predicted_label_y"] == merged["label_y"]
+    only_a, only_b = (right_a & ~right_b).sum(), (right_b & ~right_a).sum()
+    assert mcnemar_exact(first, second)[:3] == (len(merged), only_a, only_b)
+
+
+def test_mcnemar_exact_p_value() -> None:
+    labels = [1] * 10
+    first = pd.DataFrame({"idx": range(10), "label": labels, "predicted_label": labels})
+    second = first.assign(predicted_label=[0] * 5 + [1] * 5)
+    assert mcnemar_exact(first, second) == (10, 5, 0, pytest.approx(2 * 0.5**5))
+    assert mcnemar_exact(first, first)[3] == 1.0
+
+
+def test_pareto_front_keeps_the_undominated_points() -> None:
+    points = [(100.0, 80.0), (200.0, 75.0), (50.0, 79.0), (150.0, 80.0)]
+    assert pareto_front(points) == [1, 3]
+
+
+def test_the_papers_numbers_stand_beside_ours(
+    swept: Params, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    settings = ReportSettings.from_params(swept)
+    model_sweep = report_module.latest_sweeps(swept, [SWEPT_MODELS[0]])[0]
+    result = report_module.ModelResult(model_sweep, {}, {})
+    monkeypatch.setattr(report_module, "paper_numbers", lambda _: {"test_accuracy": 84.87, "test_f1": 88.64})
+    row = report_module.summary_row(result, settings)
+    assert row["paper_test_accuracy"] == 84.87
+    assert row["diff_test_accuracy"] == pytest.approx(row["test_accuracy_mean"] - 84.87)
+    assert row["diff_test_f1"] == pytest.approx(row["test_f1_mean"] - 88.64)
+    assert f"| 84.87 | {row['diff_test_accuracy']:+.2f} |" in report_module.table_line(row)
+
+
+def test_no_sweep_is_a_one_line_error(swept: Params) -> None:  # noqa: F811
+    result = invoke("report", "--models", "tiny-bert", exit_code=1)
+    assert "run `parabench sweep` first" in result.output
