@@ -45,7 +45,7 @@ def champion(swept: Params) -> Params:  # noqa: F811
 
 
 def predicted(output: str) -> pd.DataFrame:
-    table = pd.read_csv(StringIO(output))
+    table = pd.read_csv(StringIO(output), keep_default_na=False)
     assert list(table.columns) == ["sentence1", "sentence2", "label", "probability"]
     assert table["label"].isin([0, 1]).all() and table["probability"].between(0, 1).all()
     return table

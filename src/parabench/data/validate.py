@@ -330,7 +330,7 @@ def report_document(
         "success": not failures,
         "failures": failures,
         "data_dir": display_path(params, data_dir),
-        "data_version": data_version(params, data_dir, sums) if all(sums.values()) else None,
+        "data_version": data_version(params, data_dir) if all(sums.values()) else None,
         "files": {
             split: {"path": display_path(params, split_file.path), "sha256": split_file.sha256}
             for split, split_file in split_files.items()
@@ -417,6 +417,6 @@ def require_validated(params: Params, data_dir: Path | None = None) -> str:
         if sums[split] != (recorded.get(split) or {}).get("sha256"):
             raise ParabenchError(f"{shown} changed since it was validated; {RERUN_HINT}")
     check_raw_files(params)
-    return data_version(params, data_dir, sums)
+    return data_version(params, data_dir)
 
 
