@@ -3,6 +3,7 @@ good requests with 200 and malformed ones with a 4xx and a message, still answer
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -124,7 +125,8 @@ def server(champion: Params, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             time.sleep(1)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)  # the server's own session: mlflow and its uvicorn
         process.wait(timeout=30)
         log.close()
 

@@ -3,6 +3,8 @@ parabench-small@champion; reruns add nothing; a worse model never replaces a cha
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from mlflow.entities.model_registry import ModelVersion
@@ -54,6 +56,8 @@ def test_the_best_mean_validation_model_is_champion_at_its_best_seed(
     assert tags["data_version"] == runs_of(swept, best)[0].data.tags["data_version"]
     assert {"std_validation_accuracy", "test_accuracy", "recipe_fingerprint"} <= set(tags)
     assert "previous" not in promoted.get_registered_model(NAME).aliases
+    state = json.loads(swept.path(swept.raw["promote"]["state_file"]).read_text(encoding="utf-8"))
+    assert [v["version"] for v in state[NAME] if "champion" in v["aliases"]] == [int(version.version)]
 
 
 def test_promoting_again_registers_nothing(promoted: MlflowClient) -> None:

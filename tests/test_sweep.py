@@ -6,6 +6,7 @@ session (two small-class tiny models x two seeds, one epoch on 32 pairs, evaluat
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,6 +92,8 @@ def parent_and_children(params: Params, model: str) -> tuple[Run, list[Run]]:
 
 
 def test_a_parent_per_model_holds_a_finished_child_per_seed(swept: Params) -> None:
+    summary = json.loads(swept.path(swept.sweep["summary_file"]).read_text(encoding="utf-8"))
+    assert list(summary) == list(SWEPT_MODELS)
     for model in SWEPT_MODELS:
         parent, children = parent_and_children(swept, model)
         tags = parent.data.tags
@@ -108,6 +111,9 @@ def test_a_parent_per_model_holds_a_finished_child_per_seed(swept: Params) -> No
         assert parent.data.metrics["n_seeds"] == len(SWEPT_SEEDS)
         assert parent.data.metrics["test_accuracy_mean"] == pytest.approx(np.mean(accuracies))
         assert parent.data.metrics["test_accuracy_std"] == pytest.approx(np.std(accuracies, ddof=1))
+        assert summary[model]["parent_run_id"] == parent.info.run_id
+        assert summary[model]["seeds"] == list(SWEPT_SEEDS)
+        assert summary[model]["test_accuracy_mean"] == parent.data.metrics["test_accuracy_mean"]
 
 
 def test_rerun_skips_finished_seeds_and_reruns_only_a_failed_one(swept: Params) -> None:

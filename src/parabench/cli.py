@@ -108,6 +108,21 @@ def models() -> None:
     typer.echo(format_table(zoo_table(load_params())))
 
 
+@app.command("bench")
+def bench(
+    model: Annotated[str, typer.Option(help="Zoo key to benchmark.")] = "",
+    run_id: Annotated[str | None, typer.Option(help="Trained run whose weights to use (default: latest).")] = None,
+) -> None:
+    """Training and inference speed of parabench's paths against the HF Trainer baseline, side by side."""
+    from parabench.bench import bench as run_bench
+
+    params = load_params()
+    try:
+        run_bench(params, model or params.train.model, run_id)
+    except ParabenchError as error:
+        fail(error)
+
+
 def main() -> None:
     """Entry point that turns any ParabenchError escaping a command into one line and exit 1."""
     try:

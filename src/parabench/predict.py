@@ -72,20 +72,9 @@ def predict_pairs(params: Params, model_uri: str, pairs: pd.DataFrame) -> pd.Dat
 
 
 def serve_command(params: Params, model_uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:
-    """`mlflow models serve` in this environment for the URI, and the environment that finds the registry."""
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        model_uri,
-        "--env-manager",
-        "local",
-        "-h",
-        host,
-        "-p",
-        str(port),
-    ]
-    return command, {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(params)}
+    """`mlflow models serve` in this environment, and the environment it needs: the project's tracking store
+    (the registry behind models:/ URIs) and this interpreter's bin folder on PATH (mlflow starts uvicorn)."""
+    serve = ["models", "serve", "-m", model_uri, "--env-manager", "local", "-h", host, "-p", str(port)]
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(params), "PATH": path}
+    return [sys.executable, "-m", "mlflow", *serve], env

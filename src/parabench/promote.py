@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -17,7 +18,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from parabench.config import ParabenchError, Params
-from parabench.report import best_validation_seed, class_order, metric_values
+from parabench.report import class_order
+from parabench.run import write_metrics_file
 from parabench.sweep import ModelSweep, latest_sweeps, mean_std
 
 MODEL_ARTIFACT = "model"
@@ -25,48 +27,45 @@ MODEL_ARTIFACT = "model"
 
 @dataclass(frozen=True)
 class Candidate:
-    """The model a size class would promote: its sweep and the best-validation seed that represents it."""
+    """The sweep a size class would promote, represented by the run of its best-validation seed."""
 
     sweep: ModelSweep
-    seed: int
 
     @property
     def run_id(self) -> str:
-        return self.sweep.runs[self.seed].info.run_id
+        return self.sweep.runs[self.sweep.best_seed].info.run_id
 
     @property
     def mean_validation(self) -> float:
-        return mean_std(metric_values(self.sweep.runs.values(), "validation_accuracy"))[0]
+        return self.sweep.mean("validation_accuracy")
 
     def tags(self) -> dict[str, str]:
         """Why this version was promoted, recorded on the model version."""
-        runs = self.sweep.runs.values()
-        validation_mean, validation_std = mean_std(metric_values(runs, "validation_accuracy"))
-        metrics = self.sweep.runs[self.seed].data.metrics
+        validation_mean, validation_std = mean_std(self.sweep.values("validation_accuracy"))
+        best = self.sweep.runs[self.sweep.best_seed].data.metrics
         return {
             "model": self.sweep.model,
             "size_class": self.sweep.size_class,
-            "seed": str(self.seed),
+            "seed": str(self.sweep.best_seed),
             "source_run_id": self.run_id,
             "data_version": self.sweep.identity.data_version,
             "recipe_fingerprint": self.sweep.identity.recipe_fingerprint,
-            "n_seeds": str(len(runs)),
+            "n_seeds": str(len(self.sweep.runs)),
             "mean_validation_accuracy": f"{validation_mean:.6f}",
             "std_validation_accuracy": f"{validation_std:.6f}",
-            "validation_accuracy": f"{metrics['validation_accuracy']:.6f}",
-            "test_accuracy": f"{metrics['test_accuracy']:.6f}",
-            "mean_test_accuracy": f"{mean_std(metric_values(runs, 'test_accuracy'))[0]:.6f}",
+            "validation_accuracy": f"{best['validation_accuracy']:.6f}",
+            "test_accuracy": f"{best['test_accuracy']:.6f}",
+            "mean_test_accuracy": f"{self.sweep.mean('test_accuracy'):.6f}",
         }
 
 
 def candidates(sweeps: list[ModelSweep]) -> dict[str, Candidate]:
-    """Per size class, the sweep with the best mean validation accuracy, at its best-validation seed."""
+    """Per size class, the sweep with the best mean validation accuracy (the first listed on a tie)."""
     best: dict[str, Candidate] = {}
-    for sweep in (s for s in sweeps if s.runs):
-        candidate = Candidate(sweep, best_validation_seed(sweep.runs))
-        current = best.get(sweep.size_class)
+    for candidate in (Candidate(sweep) for sweep in sweeps if sweep.runs):
+        current = best.get(candidate.sweep.size_class)
         if current is None or candidate.mean_validation > current.mean_validation:
-            best[sweep.size_class] = candidate
+            best[candidate.sweep.size_class] = candidate
     return {size_class: best[size_class] for size_class in class_order(best)}
 
 
@@ -82,9 +81,9 @@ def keeps_champion(current: ModelVersion | None, candidate: Candidate) -> str | 
     """Why the current champion stays (same data version and at least as good), or None to replace it."""
     if current is None or current.tags.get("data_version") != candidate.sweep.identity.data_version:
         return None
-    recorded = float(current.tags.get("mean_validation_accuracy", "nan"))
     if current.tags.get("source_run_id") == candidate.run_id:
         return f"version {current.version} already is this run"
+    recorded = float(current.tags.get("mean_validation_accuracy", "nan"))
     if recorded >= candidate.mean_validation:
         return (
             f"version {current.version} ({current.tags.get('model')}) has mean validation accuracy "
@@ -100,12 +99,13 @@ def version_of_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion
 
 
 def register(client: MlflowClient, name: str, candidate: Candidate) -> ModelVersion:
-    """The candidate's version of the registered model: reused when it exists, else registered now."""
-    version = version_of_run(client, name, candidate.run_id)
-    if version is None:
-        version = mlflow.register_model(
-            f"runs:/{candidate.run_id}/{MODEL_ARTIFACT}", name, tags=candidate.tags()
-        )
+    """The candidate's version of the registered model (reused when one exists, else registered now),
+    tagged with why it is promoted."""
+    version = version_of_run(client, name, candidate.run_id) or mlflow.register_model(
+        f"runs:/{candidate.run_id}/{MODEL_ARTIFACT}", name
+    )
+    for key, value in candidate.tags().items():
+        client.set_model_version_tag(name, version.version, key, value)
     return version
 
 
@@ -120,36 +120,48 @@ def promote_class(client: MlflowClient, name: str, candidate: Candidate, aliases
         client.set_registered_model_alias(name, aliases["previous"], current.version)
     client.set_registered_model_alias(name, aliases["champion"], version.version)
     return (
-        f"{name}: version {version.version} ({candidate.sweep.model}, seed {candidate.seed}) is champion, "
-        f"mean validation accuracy {candidate.mean_validation:.4f}"
+        f"{name}: version {version.version} ({candidate.sweep.model}, seed {candidate.sweep.best_seed}) "
+        f"is champion, mean validation accuracy {candidate.mean_validation:.4f}"
     )
 
 
-def registry_state(client: MlflowClient, prefix: str) -> list[str]:
-    """One line per version of every registered model whose name starts with the prefix."""
-    lines = []
+def registry_state(client: MlflowClient, prefix: str) -> dict[str, list[dict[str, Any]]]:
+    """Every version of the registered models whose names start with the prefix: aliases and tags."""
+    state = {}
     for model in client.search_registered_models(f"name LIKE '{prefix}%'"):
-        aliases_of: dict[str, list[str]] = {}
-        for alias, version in model.aliases.items():
-            aliases_of.setdefault(str(version), []).append(alias)
-        lines.append(f"{model.name}")
-        for version in sorted(
+        versions = sorted(
             client.search_model_versions(f"name = '{model.name}'"), key=lambda v: int(v.version)
-        ):
-            tags = version.tags
-            aliases = " ".join(f"@{alias}" for alias in sorted(aliases_of.get(str(version.version), [])))
-            lines.append(
-                f"  v{version.version} {aliases or '-'}  {tags.get('model')} seed {tags.get('seed')}  "
-                f"mean validation {tags.get('mean_validation_accuracy')} over {tags.get('n_seeds')} "
-                f"seeds  data {tags.get('data_version')}  run {tags.get('source_run_id')}"
-            )
+        )
+        state[model.name] = [
+            {
+                "version": int(version.version),
+                "aliases": sorted(a for a, v in model.aliases.items() if str(v) == str(version.version)),
+                **version.tags,
+            }
+            for version in versions
+        ]
+    return state
+
+
+def state_lines(state: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The registry state as text, a line per version."""
+    lines = []
+    for name, versions in state.items():
+        lines.append(name)
+        lines += [
+            f"  v{v['version']} {' '.join(f'@{a}' for a in v['aliases']) or '-'}  {v.get('model')} seed "
+            f"{v.get('seed')}  mean validation {v.get('mean_validation_accuracy')} over {v.get('n_seeds')} "
+            f"seeds  data {v.get('data_version')}  run {v.get('source_run_id')}"
+            for v in versions
+        ]
     return lines
 
 
 def promote(
     params: Params, models: list[str], data_version: str | None = None, log: Callable[[str], None] = print
 ) -> list[str]:
-    """Promote the best model of each size class; returns the registry state afterwards."""
+    """Promote the best model of each size class; write the registry state (params.yaml promote.state_file)
+    and return it as text."""
     settings = params.raw["promote"]
     found = candidates(latest_sweeps(params, models, data_version))
     if not found:
@@ -157,4 +169,6 @@ def promote(
     client = MlflowClient()
     for size_class, candidate in found.items():
         log(promote_class(client, f"{settings['name_prefix']}{size_class}", candidate, settings["aliases"]))
-    return registry_state(client, settings["name_prefix"])
+    state = registry_state(client, settings["name_prefix"])
+    write_metrics_file(params.path(settings["state_file"]), state)
+    return state_lines(state)

@@ -78,7 +78,7 @@ class ModelResult:
 
     @property
     def best_seed(self) -> int:
-        return best_validation_seed(self.sweep.runs)
+        return self.sweep.best_seed
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,6 @@ class Report:
     tests: list[dict[str, Any]]
     data_version: str
     paths: list[Path] = field(default_factory=list)
-
-
-def best_validation_seed(runs: dict[int, Run]) -> int:
-    """The seed whose run has the highest validation accuracy (the lowest seed on a tie)."""
-    return max(runs, key=lambda seed: (runs[seed].data.metrics["validation_accuracy"], -seed))
 
 
 def load_predictions(run_id: str) -> pd.DataFrame:
@@ -136,10 +131,6 @@ def interval(values: list[float], confidence: float) -> tuple[float, float]:
     return mean - half, mean + half
 
 
-def metric_values(runs: Iterable[Run], name: str, scale: float = 1.0) -> list[float]:
-    return [run.data.metrics[name] * scale for run in runs]
-
-
 def paper_numbers(model: str) -> dict[str, Any]:
     """The study's reported numbers for a zoo model (percent), empty for models outside the study."""
     try:
@@ -149,7 +140,19 @@ def paper_numbers(model: str) -> dict[str, Any]:
 
 
 def difference(ours: float, theirs: float | None) -> float:
+    """Ours minus the study's, in points; NaN where the study has no number."""
     return ours - theirs if theirs is not None else float("nan")
+
+
+def hardware(runs: Iterable[Run]) -> str:
+    """What measured the throughput: the GPU where one was used, else the CPU."""
+    names = {
+        run.data.params.get(
+            "hardware_gpu" if run.data.params.get("hardware_device") == "cuda" else "hardware_cpu"
+        )
+        for run in runs
+    }
+    return "; ".join(sorted(name for name in names if name))
 
 
 def summary_row(result: ModelResult, settings: ReportSettings) -> dict[str, Any]:
@@ -163,17 +166,19 @@ def summary_row(result: ModelResult, settings: ReportSettings) -> dict[str, Any]
         "parameters": int(runs[0].data.metrics["num_parameters"]),
     }
     for name in SCORE_METRICS:
-        row[f"{name}_mean"], row[f"{name}_std"] = mean_std(metric_values(runs, name, 100.0))
+        row[f"{name}_mean"], row[f"{name}_std"] = mean_std(sweep.values(name, 100.0))
     for name in INTERVAL_METRICS:
-        low, high = interval(metric_values(runs, name, 100.0), settings.confidence)
-        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
+        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = interval(
+            sweep.values(name, 100.0), settings.confidence
+        )
     for name in THROUGHPUT_METRICS:
-        row[f"{name}_mean"], row[f"{name}_std"] = mean_std(metric_values(runs, name))
+        row[f"{name}_mean"], row[f"{name}_std"] = mean_std(sweep.values(name))
     paper = paper_numbers(sweep.model)
     for name in INTERVAL_METRICS:
         row[f"paper_{name}"] = paper.get(name)
         row[f"diff_{name}"] = difference(row[f"{name}_mean"], paper.get(name))
     row["paper_samples_per_second"] = paper.get("samples_per_second")
+    row["hardware"] = hardware(runs)
     row["best_validation_seed"] = result.best_seed
     row["best_validation_run_id"] = sweep.runs[result.best_seed].info.run_id
     row["collapsed_seeds"] = ",".join(map(str, result.collapsed))
@@ -197,16 +202,14 @@ def mcnemar_exact(first: pd.DataFrame, second: pd.DataFrame) -> tuple[int, int, 
     return len(merged), only_a, only_b, float(p_value)
 
 
-def mean_validation(result: ModelResult) -> float:
-    return mean_std(metric_values(result.sweep.runs.values(), "validation_accuracy"))[0]
-
-
 def paired_tests(results: list[ModelResult], settings: ReportSettings) -> list[dict[str, Any]]:
     """Per size class, McNemar's exact test on the test predictions of the two best models' best seeds."""
     tests = []
     for size_class in class_order(result.sweep.size_class for result in results):
         ranked = sorted(
-            (r for r in results if r.sweep.size_class == size_class), key=mean_validation, reverse=True
+            (r for r in results if r.sweep.size_class == size_class),
+            key=lambda r: r.sweep.mean("validation_accuracy"),
+            reverse=True,
         )
         if len(ranked) < 2:
             continue
@@ -277,7 +280,7 @@ def table_line(row: dict[str, Any]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def test_line(test: dict[str, Any]) -> str:
+def significance_line(test: dict[str, Any]) -> str:
     verdict = "significant" if test["significant"] else "not significant"
     return (
         f"- **{test['size_class']}**: {test['model_a']} (seed {test['seed_a']}) vs {test['model_b']} "
@@ -285,6 +288,10 @@ def test_line(test: dict[str, Any]) -> str:
         f"{test['only_a_correct']}, only the second on {test['only_b_correct']}; exact McNemar "
         f"p = {test['p_value']:.4g} ({verdict})"
     )
+
+
+def measured_on(rows: list[dict[str, Any]]) -> str:
+    return "; ".join(sorted({row["hardware"] for row in rows if row["hardware"]})) or "our hardware"
 
 
 def markdown(report: Report, results: list[ModelResult], settings: ReportSettings) -> str:
@@ -296,15 +303,15 @@ def markdown(report: Report, results: list[ModelResult], settings: ReportSetting
         f"Data version `{report.data_version}`. Accuracy and F1 in percent, mean ± sample standard "
         "deviation (ddof=1) over the seeds; Test acc CI: the "
         f"{confidence} t-interval of the mean test accuracy. Samples/s: test-split inference "
-        "throughput on our hardware (the study's: a T4). Δ: ours minus the study's, in points. "
-        "⚠: a seed collapsed to the majority class (see below).",
+        f"throughput on {measured_on(report.rows)} (the study's: a T4). Δ: ours minus the study's, in "
+        "points. ⚠: a seed collapsed to the majority class (see below).",
         "",
     ]
     for size_class in class_order(row["size_class"] for row in report.rows):
         lines += [f"## {size_class}", "", TABLE_HEADER, "|" + "---|" * TABLE_HEADER.count(" | ") + "---|"]
         lines += [table_line(row) for row in report.rows if row["size_class"] == size_class] + [""]
     lines += ["## Paired significance (two best models per class by mean validation accuracy)", ""]
-    lines += [test_line(test) for test in report.tests] or ["- no class has two models"]
+    lines += [significance_line(test) for test in report.tests] or ["- no class has two models"]
     lines += ["", "## Collapsed seeds", ""]
     lines += [
         f"- {result.sweep.model} seed {seed}: {why}"
@@ -380,7 +387,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], size_class: str, path: Path) -> Pa
 def plot_seed_spread(results: list[ModelResult], path: Path) -> Path:
     """Test accuracy of every seed, per model: a box per model with the seeds drawn over it."""
     figure, (axis,) = new_figure(width=max(7.0, 1.2 * len(results)))
-    values = [metric_values(r.sweep.runs.values(), "test_accuracy", 100.0) for r in results]
+    values = [r.sweep.values("test_accuracy", 100.0) for r in results]
     axis.boxplot(values, showfliers=False)
     for position, (result, seeds) in enumerate(zip(results, values, strict=True), start=1):
         colors = ["red" if seed in result.collapsed else "black" for seed in result.sweep.runs]

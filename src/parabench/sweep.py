@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from parabench import tracking
 from parabench.config import ParabenchError, Params
 from parabench.data.validate import require_validated
-from parabench.run import choose_recipe, recipe_fingerprint, train_and_track
+from parabench.run import choose_recipe, recipe_fingerprint, train_and_track, write_metrics_file
 from parabench.zoo import get_spec
 
 PARENT_TAG = "sweep"
@@ -74,6 +74,18 @@ class ModelSweep:
     @property
     def size_class(self) -> str:
         return self.parent.data.tags["size_class"]
+
+    @property
+    def best_seed(self) -> int:
+        """The seed whose run has the highest validation accuracy (the lowest seed on a tie)."""
+        return max(self.runs, key=lambda seed: (self.runs[seed].data.metrics["validation_accuracy"], -seed))
+
+    def values(self, metric: str, scale: float = 1.0) -> list[float]:
+        """The metric of every seed's run, times scale (100 for percent)."""
+        return [run.data.metrics[metric] * scale for run in self.runs.values()]
+
+    def mean(self, metric: str) -> float:
+        return mean_std(self.values(metric))[0]
 
 
 def quoted(value: str) -> str:
@@ -244,7 +256,7 @@ def run_sweep(
         "max_train_samples": max_train_samples,
     }
     with session_run():
-        return [
+        sweeps = [
             sweep_model(
                 params,
                 client,
@@ -256,6 +268,21 @@ def run_sweep(
             )
             for model in models
         ]
+    write_metrics_file(params.path(params.sweep["summary_file"]), summary(sweeps))
+    return sweeps
+
+
+def summary(sweeps: list[ModelSweep]) -> dict[str, dict[str, Any]]:
+    """Per model: parent run, seeds, data version, fingerprint and aggregates (the DVC output of sweep)."""
+    return {
+        sweep.model: {
+            "parent_run_id": sweep.parent.info.run_id,
+            "seeds": list(sweep.runs),
+            **sweep.identity.tags(),
+            **sweep.parent.data.metrics,
+        }
+        for sweep in sweeps
+    }
 
 
 def latest_sweeps(params: Params, models: list[str], data_version: str | None = None) -> list[ModelSweep]:

@@ -44,6 +44,7 @@ def tracking_uri(params: Params) -> str:
 
 def configure(params: Params) -> str:
     """Point MLflow at the project's tracking store and experiment; returns the experiment id."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file is noise
     mlflow.set_tracking_uri(tracking_uri(params))
     experiment_name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or params.mlflow["experiment"]
     return mlflow.set_experiment(experiment_name).experiment_id

@@ -173,8 +173,11 @@ def predict(model: PreTrainedModel, split: EncodedSplit, batch_size: int, pad_to
     return Predictions(probabilities, time.perf_counter() - started)
 
 
-def build_optimizer(model: PreTrainedModel, recipe: Recipe) -> torch.optim.Optimizer:
-    """AdamW with weight decay on weights only (not biases or LayerNorm), as the HF Trainer does."""
+def build_optimizer(
+    model: PreTrainedModel, recipe: Recipe, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with weight decay on weights only (not biases or LayerNorm), as the HF Trainer does, and the
+    recipe's learning-rate schedule over total_steps."""
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
@@ -183,7 +186,33 @@ def build_optimizer(model: PreTrainedModel, recipe: Recipe) -> torch.optim.Optim
         {"params": decay, "weight_decay": recipe.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=recipe.learning_rate)
+    optimizer = torch.optim.AdamW(groups, lr=recipe.learning_rate)
+    warmup_steps = int(recipe.warmup_ratio * total_steps)
+    scheduler = get_scheduler(recipe.scheduler, optimizer, warmup_steps, num_training_steps=total_steps)
+    return optimizer, scheduler
+
+
+def train_steps(
+    model: PreTrainedModel,
+    split: EncodedSplit,
+    batches: list[np.ndarray],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    pad_token_id: int,
+    max_grad_norm: float,
+) -> list[float]:
+    """One optimizer step per batch (dynamic padding, gradient clipping); returns the losses."""
+    model.train()
+    losses = []
+    for indices in batches:
+        loss = model(**model_inputs(model, collate(split, indices, pad_token_id))).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
 
 
 def fine_tune(
@@ -200,27 +229,14 @@ def fine_tune(
     """Fine-tune `model` on `train` with the recipe, validating after each epoch."""
     set_seed(seed)
     rng = np.random.default_rng(seed)
-    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
-    total_steps = steps_per_epoch * recipe.epochs
-    optimizer = build_optimizer(model, recipe)
-    scheduler = get_scheduler(
-        recipe.scheduler,
-        optimizer,
-        num_warmup_steps=int(recipe.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
+    optimizer, scheduler = build_optimizer(
+        model, recipe, math.ceil(len(train) / recipe.batch_size) * recipe.epochs
     )
     result = FineTuneResult()
     for epoch in range(1, recipe.epochs + 1):
-        model.train()
-        started, losses = time.perf_counter(), []
-        for indices in length_grouped_batches(train.lengths, recipe.batch_size, rng):
-            loss = model(**model_inputs(model, collate(train, indices, pad_token_id))).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+        started = time.perf_counter()
+        batches = length_grouped_batches(train.lengths, recipe.batch_size, rng)
+        losses = train_steps(model, train, batches, optimizer, scheduler, pad_token_id, recipe.max_grad_norm)
         result.train_seconds += time.perf_counter() - started
         result.train_samples += len(train)
         validation_predictions = predict(model, validation, eval_batch_size, pad_token_id)
