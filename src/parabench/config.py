@@ -62,6 +62,8 @@ class Recipe:
     warmup_ratio: float = 0.0
     scheduler: str = "linear"
     max_grad_norm: float = 1.0
+    # Keep the weights of the epoch with the best validation accuracy (early stopping chosen by validation).
+    select_best_epoch: bool = False
 
     def with_overrides(self, **overrides: Any) -> Recipe:
         """A copy with the given non-None fields replaced (CLI and MLproject parameters)."""

@@ -48,16 +48,20 @@ def check_pairs(frame: pd.DataFrame) -> pd.DataFrame:
 class ParaphraseModel(mlflow.pyfunc.PythonModel):
     """A fine-tuned sequence classifier and its tokenizer, predicting on (sentence1, sentence2) pairs."""
 
-    def __init__(self, max_length: int = 128, batch_size: int = 64) -> None:
+    def __init__(self, max_length: int = 128, batch_size: int = 64, inference_path: str = "fp32") -> None:
         self.max_length = max_length
         self.batch_size = batch_size
+        self.inference_path = inference_path
 
     def load_context(self, context: Any) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         weights = context.artifacts[WEIGHTS_ARTIFACT]
         self.tokenizer = AutoTokenizer.from_pretrained(weights)
-        self.model = AutoModelForSequenceClassification.from_pretrained(weights).eval()
+        from parabench.inference import prepare_for_inference
+
+        model = AutoModelForSequenceClassification.from_pretrained(weights)
+        self.model = prepare_for_inference(model, self.inference_path)
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -72,13 +76,13 @@ class ParaphraseModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"label": predictions.labels, "probability": predictions.probabilities})
 
 
-def log_paraphrase_model(weights_dir: Path, max_length: int, batch_size: int) -> str:
+def log_paraphrase_model(weights_dir: Path, max_length: int, batch_size: int, inference_path: str) -> str:
     """Log a saved model folder (save_pretrained output) as the run's MLflow model; returns its URI."""
     import parabench
 
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=ParaphraseModel(max_length=max_length, batch_size=batch_size),
+        python_model=ParaphraseModel(max_length, batch_size, inference_path),
         artifacts={WEIGHTS_ARTIFACT: str(weights_dir)},
         signature=SIGNATURE,
         input_example=INPUT_EXAMPLE,

@@ -20,6 +20,7 @@ from parabench import tracking
 from parabench.config import Params, Recipe
 from parabench.data.prepare import load_frames
 from parabench.data.validate import require_validated
+from parabench.inference import check_path, prepare_for_inference
 from parabench.metrics import classification_metrics
 from parabench.pyfunc import log_paraphrase_model
 from parabench.train import EncodedSplit, Predictions, encode_frame, fine_tune, predict, set_seed
@@ -33,7 +34,6 @@ from parabench.zoo import (
     resolve_weights,
 )
 
-EVAL_PATH = "torch-fp32-inference_mode-length_sorted-dynamic_padding"
 SPLITS = ("train", "validation", "test")
 
 
@@ -116,6 +116,7 @@ def train_and_track(
     data_version = require_validated(params)
     weights = resolve_weights(spec, params)
     recipe = choose_recipe(params, spec, recipe_name, overrides or {})
+    inference_path = check_path(params.raw["inference"]["path"])
     max_train_samples = params.train.max_train_samples if max_train_samples is None else max_train_samples
     if params.train.num_threads:
         torch.set_num_threads(params.train.num_threads)
@@ -162,7 +163,7 @@ def train_and_track(
                 "data_version": data_version,
                 "git_commit": tracking.git_commit(params.root),
                 "dtype": str(next(model.parameters()).dtype),
-                "eval_path": EVAL_PATH,
+                "eval_path": f"{inference_path}-inference_mode-length_sorted-dynamic_padding",
                 **tracking.hardware(),
                 **({f"lora_{k}": v for k, v in asdict(params.lora).items()} if spec.lora else {}),
             }
@@ -187,9 +188,15 @@ def train_and_track(
             ),
             log=log,
         )
+        if recipe.select_best_epoch:
+            tracking.log_params({"best_epoch": fit.best_epoch})
         model = merge_lora(model) if spec.lora else model
         final, test_predictions = evaluate_splits(
-            model, encoded, params.train.eval_batch_size, pad_token_id, log
+            prepare_for_inference(model, inference_path),
+            encoded,
+            params.train.eval_batch_size,
+            pad_token_id,
+            log,
         )
         final |= {
             "train_samples_per_second": fit.train_samples_per_second,
@@ -251,4 +258,9 @@ def log_run_artifacts(
         weights_dir = Path(folder) / "weights"
         model.save_pretrained(weights_dir)
         tokenizer.save_pretrained(weights_dir)
-        log_paraphrase_model(weights_dir, params.train.max_length, params.train.eval_batch_size)
+        log_paraphrase_model(
+            weights_dir,
+            params.train.max_length,
+            params.train.eval_batch_size,
+            params.raw["inference"]["path"],
+        )

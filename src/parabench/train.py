@@ -54,6 +54,8 @@ class FineTuneResult:
     epochs: list[EpochResult] = field(default_factory=list)
     train_seconds: float = 0.0
     train_samples: int = 0
+    best_epoch: int = 0
+    best_validation_accuracy: float = -1.0
 
     @property
     def train_samples_per_second(self) -> float:
@@ -251,4 +253,10 @@ def fine_tune(
             f"validation_f1 {epoch_result.validation_f1:.4f}  ({epoch_result.seconds:.0f} s)"
         )
         on_epoch_end(epoch_result)
+        if recipe.select_best_epoch and epoch_result.validation_accuracy > result.best_validation_accuracy:
+            best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+            result.best_epoch, result.best_validation_accuracy = epoch, epoch_result.validation_accuracy
+    if recipe.select_best_epoch and result.best_epoch != recipe.epochs:
+        model.load_state_dict(best_state)
+        log(f"kept epoch {result.best_epoch}'s weights (best validation accuracy)")
     return result
