@@ -43,11 +43,48 @@ def tracking_uri(params: Params) -> str:
 
 
 def configure(params: Params) -> str:
-    """Point MLflow at the project's tracking store and experiment; returns the experiment id."""
+    """Point MLflow at the project's tracking store and experiment (ending runs orphaned by a kill -9 on
+    this machine); returns the experiment id."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file is noise
     mlflow.set_tracking_uri(tracking_uri(params))
     experiment_name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or params.mlflow["experiment"]
-    return mlflow.set_experiment(experiment_name).experiment_id
+    experiment_id = mlflow.set_experiment(experiment_name).experiment_id
+    fail_orphaned_runs(experiment_id)
+    return experiment_id
+
+
+PID_TAG, HOST_TAG = "parabench.pid", "parabench.host"
+
+
+def process_alive(pid: int) -> bool:
+    """True when a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_orphaned_runs(experiment_id: str) -> list[str]:
+    """Mark FAILED the RUNNING runs this machine started whose process is gone (killed with -9, power loss).
+
+    A process killed that way cannot end its own run; the next parabench command on the machine does.
+    """
+    client = mlflow.MlflowClient()
+    host = platform.node()
+    orphans = [
+        run.info.run_id
+        for run in client.search_runs(
+            [experiment_id], f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
+        )
+        if not process_alive(int(run.data.tags.get(PID_TAG, "0")))
+    ]
+    for run_id in orphans:
+        client.set_tag(run_id, "parabench.orphaned", "process gone; marked FAILED by a later run")
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+    return orphans
 
 
 class RunKilled(Exception):
@@ -71,7 +108,11 @@ def tracked_run(run_name: str, tags: dict[str, str], nested: bool = False) -> It
     launched_by_mlflow_run = bool(os.environ.get("MLFLOW_RUN_ID")) and mlflow.active_run() is None
     if launched_by_mlflow_run:
         mlflow.start_run()  # resumes the `mlflow run` launch run
-    run = mlflow.start_run(run_name=run_name, tags=tags, nested=nested or launched_by_mlflow_run)
+    run = mlflow.start_run(
+        run_name=run_name,
+        tags={**tags, PID_TAG: str(os.getpid()), HOST_TAG: platform.node()},
+        nested=nested or launched_by_mlflow_run,
+    )
     try:
         yield run
     except (KeyboardInterrupt, RunKilled):
