@@ -195,12 +195,11 @@ def parabench_training(
 
 
 def load_bench_model(params: Params, model_key: str, run_id: str | None) -> tuple[Any, Any, str]:
-    """Tokenizer and model: a trained run's weights when given (or the latest finished run of the model),
-    else the zoo's weights (then accuracies only show that all paths agree)."""
+    """Tokenizer and model: a trained run's weights when a run id is given, else the zoo's weights (then the
+    accuracies only show that all paths agree)."""
     spec = get_spec(model_key, params)
     weights: Any = resolve_weights(spec, params)
     source = f"zoo weights of {spec.key} (not fine-tuned)"
-    run_id = run_id or latest_run_id(params, spec.key)
     if run_id:
         import mlflow
 
@@ -210,11 +209,10 @@ def load_bench_model(params: Params, model_key: str, run_id: str | None) -> tupl
     return tokenizer, merge_lora(model) if spec.lora and not run_id else model, source
 
 
-def latest_run_id(params: Params, model_key: str) -> str | None:
+def latest_run_id(experiment_id: str, model_key: str) -> str | None:
     """The newest FINISHED training run of the model in the experiment, if any."""
     import mlflow
 
-    experiment_id = tracking.configure(params)
     runs = mlflow.search_runs(
         [experiment_id],
         f"tags.model = '{model_key}' and attributes.status = 'FINISHED'",
@@ -230,7 +228,10 @@ def bench(
     """Measure every path side by side; print the table, write reports/bench.json, log to MLflow."""
     settings = params.raw["bench"]
     require_validated(params)
-    tokenizer, model, source = load_bench_model(params, model_key, run_id)
+    experiment_id = tracking.configure(params)
+    tokenizer, model, source = load_bench_model(
+        params, model_key, run_id or latest_run_id(experiment_id, model_key)
+    )
     spec = get_spec(model_key, params)
     recipe = choose_recipe(params, spec, "auto", {})
     frames = load_frames(params.path(params.data.processed_dir))

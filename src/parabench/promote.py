@@ -62,7 +62,7 @@ class Candidate:
 def candidates(sweeps: list[ModelSweep]) -> dict[str, Candidate]:
     """Per size class, the sweep with the best mean validation accuracy (the first listed on a tie)."""
     best: dict[str, Candidate] = {}
-    for candidate in (Candidate(sweep) for sweep in sweeps if sweep.runs):
+    for candidate in map(Candidate, sweeps):
         current = best.get(candidate.sweep.size_class)
         if current is None or candidate.mean_validation > current.mean_validation:
             best[candidate.sweep.size_class] = candidate

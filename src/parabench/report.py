@@ -460,7 +460,7 @@ def build_report(
 ) -> Report:
     """Read the sweeps of the models from MLflow and write every output; see the module docstring."""
     settings = ReportSettings.from_params(params)
-    sweeps = [sweep for sweep in latest_sweeps(params, models, data_version) if sweep.runs]
+    sweeps = latest_sweeps(params, models, data_version)
     swept = {sweep.model for sweep in sweeps}
     for model in (m for m in models if m not in swept):
         log(f"warning: {model} has no FINISHED sweep run on this data version; left out of the report")

@@ -286,19 +286,18 @@ def summary(sweeps: list[ModelSweep]) -> dict[str, dict[str, Any]]:
 
 
 def latest_sweeps(params: Params, models: list[str], data_version: str | None = None) -> list[ModelSweep]:
-    """Per model, in the given order, its newest sweep on one data version (default: that of the newest
-    sweep among the models); models without a sweep there are left out."""
+    """Per model, in the given order, its newest sweep with a FINISHED seed on one data version (default:
+    that of the newest sweep among the models); models without one there are left out."""
     experiment_id = tracking.configure(params)
     client = MlflowClient()
     parents = [run for run in find_parents(client, experiment_id) if run.data.tags.get("model") in models]
     if data_version is None and parents:
         data_version = parents[0].data.tags["data_version"]
-    newest: dict[str, Run] = {}
+    newest: dict[str, ModelSweep] = {}
     for parent in parents:
-        if parent.data.tags["data_version"] == data_version:
-            newest.setdefault(parent.data.tags["model"], parent)
-    return [
-        ModelSweep(newest[model], seed_runs(client, experiment_id, Identity.of(newest[model])))
-        for model in models
-        if model in newest
-    ]
+        identity = Identity.of(parent)
+        if identity.data_version == data_version and identity.model not in newest:
+            runs = seed_runs(client, experiment_id, identity)
+            if runs:
+                newest[identity.model] = ModelSweep(parent, runs)
+    return [newest[model] for model in models if model in newest]
