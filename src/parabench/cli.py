@@ -10,9 +10,14 @@ import typer
 
 from parabench.config import ParabenchError, load_params
 
-app = typer.Typer(help="Paraphrase identification benchmark: data, training, tracking, comparison, serving.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-data_app = typer.Typer(help="MRPC: fetch the raw files, build the GLUE splits, validate them.", no_args_is_help=True)
+app = typer.Typer(
+    help="Paraphrase identification benchmark: data, training, tracking, comparison, serving.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(
+    help="MRPC: fetch the raw files, build the GLUE splits, validate them.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 
 
@@ -24,7 +29,9 @@ def fail(error: Exception) -> None:
 
 @data_app.command("fetch")
 def data_fetch(
-    source: Annotated[str | None, typer.Option(help="Folder or base URL holding the three MRPC files.")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Folder or base URL holding the three MRPC files.")
+    ] = None,
 ) -> None:
     """Put the raw MRPC files into data/raw, checking each SHA-256."""
     from parabench.data.fetch import fetch_raw
@@ -64,15 +71,19 @@ def data_validate(
     typer.echo(f"validation result: {outcome.result_file}")
     typer.echo(f"Data Docs: {outcome.data_docs}")
     if not outcome.success:
-        typer.echo(f"error: {len(outcome.failures)} expectation(s) failed; nothing may be trained on this data",
-                   err=True)
+        typer.echo(
+            f"error: {len(outcome.failures)} expectation(s) failed; nothing may be trained on this data",
+            err=True,
+        )
         raise typer.Exit(code=1)
     typer.echo("all expectations passed")
 
 
 @app.command("train")
 def train(
-    model: Annotated[str, typer.Option(help="Zoo key (see `parabench models`) or a local model folder.")] = "",
+    model: Annotated[
+        str, typer.Option(help="Zoo key (see `parabench models`) or a local model folder.")
+    ] = "",
     seed: Annotated[int | None, typer.Option(help="Random seed (default: params.yaml train.seed).")] = None,
     recipe: Annotated[str, typer.Option(help="Recipe from params.yaml; 'auto' = the model's own.")] = "auto",
     epochs: Annotated[int, typer.Option(help="Override the recipe's epochs (0 = keep).")] = 0,
@@ -86,18 +97,31 @@ def train(
     from parabench.tracking import tracking_uri
 
     params = load_params()
-    overrides = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
-                 "weight_decay": weight_decay}
+    overrides = {
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+        "weight_decay": weight_decay,
+    }
     try:
-        summary = train_and_track(params, model or params.train.model,
-                                  params.train.seed if seed is None else seed, recipe, overrides,
-                                  max_train_samples)
+        summary = train_and_track(
+            params,
+            model or params.train.model,
+            params.train.seed if seed is None else seed,
+            recipe,
+            overrides,
+            max_train_samples,
+        )
     except ParabenchError as error:
         fail(error)
     typer.echo(f"run id: {summary.run_id}")
-    typer.echo(f"test accuracy: {summary.metrics['test_accuracy']:.4f}  test F1: {summary.metrics['test_f1']:.4f}")
-    typer.echo(f"open the MLflow UI: mlflow ui --backend-store-uri {tracking_uri(params)}  "
-               f"(then http://127.0.0.1:5000/#/experiments/{summary.experiment_id}/runs/{summary.run_id})")
+    typer.echo(
+        f"test accuracy: {summary.metrics['test_accuracy']:.4f}  test F1: {summary.metrics['test_f1']:.4f}"
+    )
+    typer.echo(
+        f"open the MLflow UI: mlflow ui --backend-store-uri {tracking_uri(params)}  "
+        f"(then http://127.0.0.1:5000/#/experiments/{summary.experiment_id}/runs/{summary.run_id})"
+    )
 
 
 @app.command("models")
@@ -111,7 +135,9 @@ def models() -> None:
 @app.command("bench")
 def bench(
     model: Annotated[str, typer.Option(help="Zoo key to benchmark.")] = "",
-    run_id: Annotated[str | None, typer.Option(help="Trained run whose weights to use (default: latest).")] = None,
+    run_id: Annotated[
+        str | None, typer.Option(help="Trained run whose weights to use (default: latest).")
+    ] = None,
 ) -> None:
     """Training and inference speed of parabench's paths against the HF Trainer baseline, side by side."""
     from parabench.bench import bench as run_bench
@@ -143,8 +169,12 @@ DataVersionOption = Annotated[
 @app.command("sweep")
 def sweep(
     models: ModelsOption = None,
-    seeds: Annotated[str | None, typer.Option(
-        help="N = the first N of params.yaml sweep.seeds, or a comma list of seeds (default: all).")] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="N = the first N of params.yaml sweep.seeds, or a comma list of seeds (default: all)."
+        ),
+    ] = None,
     recipe: Annotated[str, typer.Option(help="Recipe from params.yaml; 'auto' = each model's own.")] = "auto",
     epochs: Annotated[int, typer.Option(help="Override the recipe's epochs (0 = keep).")] = 0,
     max_train_samples: Annotated[int | None, typer.Option(help="Train on at most N pairs (0 = all).")] = None,
@@ -155,13 +185,22 @@ def sweep(
 
     params = load_params()
     try:
-        sweeps = run_sweep(params, parse_models(models, params), parse_seeds(seeds, params), recipe,
-                           {"epochs": epochs}, max_train_samples, log=typer.echo)
+        sweeps = run_sweep(
+            params,
+            parse_models(models, params),
+            parse_seeds(seeds, params),
+            recipe,
+            {"epochs": epochs},
+            max_train_samples,
+            log=typer.echo,
+        )
     except ParabenchError as error:
         fail(error)
     for model_sweep in sweeps:
-        typer.echo(f"{model_sweep.model}: seeds {', '.join(map(str, model_sweep.runs))} FINISHED; "
-                   f"parent run {model_sweep.parent.info.run_id}")
+        typer.echo(
+            f"{model_sweep.model}: seeds {', '.join(map(str, model_sweep.runs))} FINISHED; "
+            f"parent run {model_sweep.parent.info.run_id}"
+        )
 
 
 @app.command("report")
@@ -204,8 +243,9 @@ ModelUriOption = Annotated[
 @app.command("predict")
 def predict(
     sentences: Annotated[list[str] | None, typer.Argument(help="sentence1 and sentence2.")] = None,
-    input_csv: Annotated[Path | None, typer.Option(
-        "--input", help="CSV file with columns sentence1 and sentence2.")] = None,
+    input_csv: Annotated[
+        Path | None, typer.Option("--input", help="CSV file with columns sentence1 and sentence2.")
+    ] = None,
     model: ModelUriOption = None,
 ) -> None:
     """Label sentence pairs (1 = paraphrase) with their paraphrase probability; prints CSV."""
@@ -234,7 +274,8 @@ def serve(
 
     params = load_params()
     settings = params.raw["serve"]
-    command, env = serve_command(params, model or settings["model_uri"], host or settings["host"],
-                                 port or settings["port"])
+    command, env = serve_command(
+        params, model or settings["model_uri"], host or settings["host"], port or settings["port"]
+    )
     typer.echo(" ".join(command))
     os.execvpe(command[0], command, env)
