@@ -21,7 +21,7 @@ IN_VENV := PATH="$(BIN):$$PATH"
 .PHONY: help venv run test lint ui clean
 
 help:
-	@echo "make run    build .venv, then 'dvc repro': fetch -> prepare -> validate -> train (MLflow run)"
+	@echo "make run    build .venv, then 'dvc repro train': fetch -> prepare -> validate -> train (one MLflow run)"
 	@echo "make test   build .venv, then ruff + pytest"
 	@echo "make lint   ruff check src tests"
 	@echo "make ui     MLflow UI on the runs in mlflow.db (http://127.0.0.1:5000)"
@@ -63,7 +63,7 @@ endef
 export MPNET_REQUIREMENTS
 
 run: venv
-	$(IN_VENV) dvc repro
+	$(IN_VENV) dvc repro train
 	@echo
 	@docs=$$(find reports/validation/gx -name index.html 2>/dev/null | sort | head -n 1); \
 		echo "Data Docs: $${docs:-not found under reports/validation/gx}"

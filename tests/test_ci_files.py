@@ -112,6 +112,9 @@ def test_dvc_stages_run_in_order() -> None:
     assert upstream["validate"] == {"prepare"}
     assert {"prepare", "validate"} <= upstream["train"]
     assert stages["train"]["cmd"] == "parabench train --model ${train.model} --seed ${train.seed}"
+    assert list(stages)[4:] == ["sweep", "report", "promote"]
+    assert {"prepare", "validate"} <= upstream["sweep"]
+    assert upstream["report"] == {"sweep"} and upstream["promote"] == {"sweep"}
 
 
 def test_dvc_dag_agrees() -> None:
