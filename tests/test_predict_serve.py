@@ -74,12 +74,15 @@ def test_predict_a_csv(champion: Params, tmp_path: Path) -> None:
     [
         (["--input", "{folder}/bad.csv"], "missing column(s) sentence2"),
         (["--input", "{folder}/absent.csv"], "not found"),
+        (["--input", "{folder}/unquoted.csv"], "more fields than the header"),
         (["only one sentence"], "give exactly two sentences"),
         (["--model", "models:/nothing@champion", "a", "b"], "cannot load models:/nothing@champion"),
     ],
 )
 def test_predict_errors_are_one_line(champion: Params, tmp_path: Path, args: list[str], message: str) -> None:
     (tmp_path / "bad.csv").write_text("sentence1,other\nA cat.,A dog.\n", encoding="utf-8")
+    unquoted_comma = "sentence1,sentence2\nIt rose.,It rose, he said.\n"
+    (tmp_path / "unquoted.csv").write_text(unquoted_comma, encoding="utf-8")
     result = invoke("predict", *[arg.format(folder=tmp_path) for arg in args], exit_code=1)
     assert message in result.stderr and result.stderr.strip().count("\n") == 0
 

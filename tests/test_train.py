@@ -182,7 +182,8 @@ def test_training_refuses_data_that_failed_validation(train_project: Params, tmp
 
 @pytest.mark.slow
 def test_mlflow_run_entry_point_end_to_end(train_project: Params) -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    env = {**inherited, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     command = [
         sys.executable,
         "-m",

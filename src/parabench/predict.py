@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,18 @@ def checked_pairs(frame: pd.DataFrame, where: str) -> pd.DataFrame:
 
 
 def read_pairs(path: Path) -> pd.DataFrame:
-    """Sentence pairs from a CSV with columns sentence1 and sentence2 (every cell read as text)."""
+    """Sentence pairs from a CSV with columns sentence1 and sentence2 (every cell read as text). A row with
+    more fields than the header (an unquoted comma) is an error, not a silently shifted pair."""
     if not path.is_file():
         raise ParabenchError(f"{path} not found")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
+    except pd.errors.ParserWarning as error:
+        raise ParabenchError(
+            f"{path}: a row has more fields than the header; quote sentences that contain commas"
+        ) from error
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise ParabenchError(f"{path} is not a readable CSV: {first_line(error)}") from error
     return checked_pairs(frame, str(path))
