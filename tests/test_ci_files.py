@@ -114,7 +114,7 @@ def test_dvc_stages_run_in_order() -> None:
     assert stages["train"]["cmd"] == "parabench train --model ${train.model} --seed ${train.seed}"
     assert list(stages)[4:] == ["sweep", "report", "promote"]
     assert {"prepare", "validate"} <= upstream["sweep"]
-    assert upstream["report"] == {"sweep"} and upstream["promote"] == {"sweep"}
+    assert upstream["report"] == {"sweep"} and upstream["promote"] == {"sweep", "report"}
 
 
 def test_dvc_dag_agrees() -> None:

@@ -93,7 +93,7 @@ def train(
     max_train_samples: Annotated[int | None, typer.Option(help="Train on at most N pairs (0 = all).")] = None,
 ) -> None:
     """Fine-tune one model with one seed on validated MRPC; everything is logged to MLflow."""
-    from parabench.run import train_and_track
+    from parabench.run import train_and_track, write_metrics_file
     from parabench.tracking import tracking_uri
 
     params = load_params()
@@ -114,6 +114,10 @@ def train(
         )
     except ParabenchError as error:
         fail(error)
+    write_metrics_file(
+        params.path(params.train.reports_dir) / "metrics.json",
+        {"model": summary.model, "seed": summary.seed, "run_id": summary.run_id, **summary.metrics},
+    )
     typer.echo(f"run id: {summary.run_id}")
     typer.echo(
         f"test accuracy: {summary.metrics['test_accuracy']:.4f}  test F1: {summary.metrics['test_f1']:.4f}"
@@ -151,11 +155,19 @@ def bench(
 
 def main() -> None:
     """Entry point that turns any ParabenchError escaping a command into one line and exit 1."""
+    from parabench.tracking import RunKilled
+
     try:
         app()
     except ParabenchError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except (KeyboardInterrupt, RunKilled):
+        print(
+            "interrupted: the run was marked KILLED; run the same command again to start it over",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 ModelsOption = Annotated[

@@ -14,13 +14,9 @@ from mlflow.exceptions import MlflowException
 
 from parabench import tracking
 from parabench.config import ParabenchError, Params
+from parabench.data.validate import first_line
 from parabench.pyfunc import INPUT_COLUMNS, check_pairs
 from parabench.zoo import quiet_transformers
-
-
-def first_line(error: Exception) -> str:
-    lines = str(getattr(error, "message", error)).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def checked_pairs(frame: pd.DataFrame, where: str) -> pd.DataFrame:

@@ -61,7 +61,9 @@ class ParaphraseModel(mlflow.pyfunc.PythonModel):
         from parabench.inference import prepare_for_inference
 
         model = AutoModelForSequenceClassification.from_pretrained(weights)
-        self.model = prepare_for_inference(model, self.inference_path)
+        self.model = prepare_for_inference(
+            model, getattr(self, "inference_path", "fp32")
+        )  # older pickles lack it
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from parabench.zoo import (
     resolve_weights,
 )
 
+FIELD_DEFAULTS = {f.name: f.default for f in fields(Recipe) if f.default is not MISSING}
 SPLITS = ("train", "validation", "test")
 
 
@@ -56,7 +57,10 @@ def recipe_fingerprint(
     recipe: Recipe, max_train_samples: int, max_length: int, max_eval_samples: int = 0
 ) -> str:
     """A short hash of everything that shapes a run besides model, seed and data: equal runs share it."""
-    values = {**asdict(recipe), "max_train_samples": max_train_samples, "max_length": max_length}
+    # Fields at their default are left out, so adding a field to Recipe keeps earlier runs' fingerprints.
+    chosen = {f.name: getattr(recipe, f.name) for f in fields(recipe)}
+    chosen = {k: v for k, v in chosen.items() if FIELD_DEFAULTS.get(k, MISSING) != v}
+    values = {**chosen, "max_train_samples": max_train_samples, "max_length": max_length}
     if max_eval_samples:
         values["max_eval_samples"] = max_eval_samples
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
@@ -209,10 +213,6 @@ def train_and_track(
             model, tokenizer, frames["test"], encoded["test"], test_predictions, final, params, spec
         )
         tracking.log_final_metrics(final, step=recipe.epochs)
-        write_metrics_file(
-            params.path(params.train.reports_dir) / "metrics.json",
-            {"model": spec.key, "seed": seed, "run_id": run.info.run_id, **final},
-        )
     return RunSummary(run.info.run_id, experiment_id, spec.key, seed, final)
 
 
