@@ -28,14 +28,7 @@ from parabench.config import ParabenchError, Params
 from parabench.sweep import ModelSweep, latest_sweeps, mean_std
 from parabench.zoo import get_spec
 
-SCORE_METRICS = (
-    "train_accuracy",
-    "train_f1",
-    "validation_accuracy",
-    "validation_f1",
-    "test_accuracy",
-    "test_f1",
-)
+SCORE_METRICS = tracking.SCORE_METRICS
 THROUGHPUT_METRICS = ("eval_samples_per_second", "train_samples_per_second")
 INTERVAL_METRICS = ("test_accuracy", "test_f1")
 SIZE_CLASSES = ("small", "regular", "large")

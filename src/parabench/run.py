@@ -53,16 +53,14 @@ def choose_recipe(params: Params, spec: ModelSpec, recipe_name: str, overrides: 
     return params.recipe(name).with_overrides(**{k: v for k, v in overrides.items() if v})
 
 
-def recipe_fingerprint(
-    recipe: Recipe, max_train_samples: int, max_length: int, max_eval_samples: int = 0
-) -> str:
+def recipe_fingerprint(params: Params, recipe: Recipe, max_train_samples: int) -> str:
     """A short hash of everything that shapes a run besides model, seed and data: equal runs share it."""
     # Fields at their default are left out, so adding a field to Recipe keeps earlier runs' fingerprints.
     chosen = {f.name: getattr(recipe, f.name) for f in fields(recipe)}
-    chosen = {k: v for k, v in chosen.items() if FIELD_DEFAULTS.get(k, MISSING) != v}
-    values = {**chosen, "max_train_samples": max_train_samples, "max_length": max_length}
-    if max_eval_samples:
-        values["max_eval_samples"] = max_eval_samples
+    values = {k: v for k, v in chosen.items() if FIELD_DEFAULTS.get(k, MISSING) != v}
+    values |= {"max_train_samples": max_train_samples, "max_length": params.train.max_length}
+    if params.train.max_eval_samples:
+        values["max_eval_samples"] = params.train.max_eval_samples
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -142,9 +140,7 @@ def train_and_track(
         "family": spec.family,
         "seed": str(seed),
         "data_version": data_version,
-        "recipe_fingerprint": recipe_fingerprint(
-            recipe, max_train_samples, params.train.max_length, params.train.max_eval_samples
-        ),
+        "recipe_fingerprint": recipe_fingerprint(params, recipe, max_train_samples),
         **(extra_tags or {}),
     }
     with tracking.tracked_run(run_name=f"{spec.key}-seed{seed}", tags=tags, nested=nested) as run:

@@ -134,8 +134,7 @@ def identity_for(
     spec = get_spec(model_key, params)
     recipe = choose_recipe(params, spec, recipe_name, overrides or {})
     samples = params.train.max_train_samples if max_train_samples is None else max_train_samples
-    fingerprint = recipe_fingerprint(recipe, samples, params.train.max_length, params.train.max_eval_samples)
-    return Identity(spec.key, fingerprint, data_version)
+    return Identity(spec.key, recipe_fingerprint(params, recipe, samples), data_version)
 
 
 def search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:

@@ -18,13 +18,16 @@ from mlflow.entities import RunStatus
 
 from parabench.config import Params
 
-FINAL_METRICS = (
+SCORE_METRICS = (
     "train_accuracy",
     "train_f1",
     "validation_accuracy",
     "validation_f1",
     "test_accuracy",
     "test_f1",
+)
+FINAL_METRICS = (
+    *SCORE_METRICS,
     "train_samples_per_second",
     "eval_samples_per_second",
     "num_parameters",
