@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from parabench import tracking
 from parabench.config import ParabenchError, Params
+from parabench.data.fetch import atomic_target
 from parabench.sweep import ModelSweep, latest_sweeps, mean_std
 from parabench.zoo import get_spec
 
@@ -415,19 +416,18 @@ def plot_validation_curves(results: list[ModelResult], path: Path) -> Path:
 
 
 def write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    """Write a report file atomically, so DVC never sees half of one."""
+    with atomic_target(path) as temp:
+        temp.write_text(text, encoding="utf-8")
     return path
 
 
 def write_outputs(report: Report, results: list[ModelResult], settings: ReportSettings) -> list[Path]:
     """results.md / .csv / .json and the plots."""
-    settings.results_csv.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(report.rows).to_csv(settings.results_csv, index=False)
     json_text = json.dumps({row["model"]: flat_metrics(row) for row in report.rows}, indent=2, sort_keys=True)
     paths = [
         write_text(settings.results_md, markdown(report, results, settings)),
-        settings.results_csv,
+        write_text(settings.results_csv, pd.DataFrame(report.rows).to_csv(index=False)),
         write_text(settings.results_json, json_text + "\n"),
     ]
     for size_class in class_order(row["size_class"] for row in report.rows):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -18,6 +17,7 @@ import torch
 
 from parabench import tracking
 from parabench.config import Params, Recipe
+from parabench.data.fetch import atomic_target
 from parabench.data.prepare import load_frames
 from parabench.data.validate import require_validated
 from parabench.inference import check_path, prepare_for_inference
@@ -96,10 +96,8 @@ def predictions_table(frame: pd.DataFrame, predictions: Predictions) -> pd.DataF
 
 def write_metrics_file(path: Path, values: dict[str, Any]) -> None:
     """Write JSON atomically (temp file then rename) so DVC never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        json.dump(values, handle, indent=2, sort_keys=True)
-    os.replace(handle.name, path)
+    with atomic_target(path) as temp:
+        temp.write_text(json.dumps(values, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def train_and_track(
