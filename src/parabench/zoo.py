@@ -42,7 +42,7 @@ class ModelSpec:
     source: str
     family: str
     size_class: str
-    recipe: str
+    recipe: str | None  # None: params.yaml `train.recipe`, the default recipe
     lora: bool = False
     paper: dict[str, Any] = field(default_factory=dict)
     tiny: dict[str, Any] = field(default_factory=dict)
@@ -94,7 +94,7 @@ def make_spec(key: str, entry: dict[str, Any]) -> ModelSpec:
         source=entry["source"],
         family=entry["family"],
         size_class=entry["size_class"],
-        recipe=entry.get("recipe", "paper"),
+        recipe=entry.get("recipe"),
         lora=bool(entry.get("lora", False)),
         paper=dict(entry.get("paper") or {}),
         tiny=dict(entry.get("tiny") or {}),
@@ -123,7 +123,7 @@ def local_spec(key: str, folder: Path) -> ModelSpec:
             return dataclasses.replace(spec, key=key, source=source)
     defaults = families().get(family, {"size_class": CUSTOM_SIZE_CLASS})
     return ModelSpec(key=key, source=source, family=family, size_class=defaults["size_class"],
-                     recipe=defaults.get("recipe", "paper"), lora=bool(defaults.get("lora", False)))
+                     recipe=defaults.get("recipe"), lora=bool(defaults.get("lora", False)))
 
 
 def get_spec(key: str, params: Params | None = None) -> ModelSpec:
@@ -331,7 +331,7 @@ def zoo_table(params: Params) -> list[dict[str, Any]]:
             "key": spec.key,
             "family": spec.family,
             "size_class": spec.size_class,
-            "recipe": spec.recipe + (" + LoRA" if spec.lora else ""),
+            "recipe": (spec.recipe or params.train.recipe) + (" + LoRA" if spec.lora else ""),
             "source": spec.source,
             "paper_test_accuracy": spec.paper.get("test_accuracy"),
             "available": "yes" if available_locally(spec, params) else "no",

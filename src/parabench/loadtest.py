@@ -1,0 +1,201 @@
+"""`parabench loadtest`: a bounded load test of the served model, on localhost only.
+
+It starts `mlflow models serve` of a model (or uses a running server's URL), sends a fixed number of requests
+from a few threads, a mix of valid and malformed bodies, and reports status counts, 5xx count, connection
+errors, p50/p95 latency and requests/s, and whether the server still answers afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parabench.config import ParabenchError, Params
+from parabench.predict import serve_command
+from parabench.run import write_metrics_file
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+PAIR = {"sentence1": "The cat sat on the mat.", "sentence2": "A cat was sitting on the mat."}
+# Bodies the server must answer 200.
+VALID = {
+    "one pair": json.dumps({"dataframe_records": [PAIR]}),
+    "eight pairs": json.dumps({"dataframe_records": [PAIR] * 8}),
+    "100,000-character sentence": json.dumps(
+        {"dataframe_records": [{**PAIR, "sentence1": "word " * 20_000}]}
+    ),
+}
+# Bodies the server must refuse with a 4xx and a message.
+MALFORMED = {
+    "missing field": json.dumps({"dataframe_records": [{"sentence1": "only one"}]}),
+    "wrong type": json.dumps({"dataframe_records": [{**PAIR, "sentence1": 7}]}),
+    "null sentence": json.dumps({"dataframe_records": [{**PAIR, "sentence2": None}]}),
+    "records not a list": json.dumps({"dataframe_records": "text"}),
+    "empty body": "",
+    "empty list": json.dumps({"dataframe_records": []}),
+    "invalid JSON": "{not json",
+}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's outcome: case, HTTP status (0 = no HTTP answer), seconds."""
+
+    case: str
+    status: int
+    seconds: float
+
+    @property
+    def expected(self) -> bool:
+        return self.status == 200 if self.case in VALID else 400 <= self.status < 500
+
+
+def post(url: str, body: str, timeout: float) -> int:
+    """POST a body to url/invocations; the HTTP status, or 0 when the connection failed."""
+    request = urllib.request.Request(
+        f"{url}/invocations", data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as error:
+        error.read()
+        return error.code
+    except OSError:
+        return 0
+
+
+def answers(url: str, timeout: float = 5.0) -> bool:
+    """True when the scoring server answers /ping."""
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def require_local(url: str) -> None:
+    """The load test only ever targets this machine."""
+    host = urllib.parse.urlparse(url).hostname
+    if host not in LOCAL_HOSTS:
+        raise ParabenchError(f"the load test only targets localhost ({', '.join(LOCAL_HOSTS)}), not '{host}'")
+
+
+def request_plan(requests: int, valid_fraction: float, seed: int) -> list[str]:
+    """Which case each request sends: valid_fraction of them valid, cycling through the cases, shuffled."""
+    valid = round(requests * valid_fraction)
+    plan = [list(VALID)[i % len(VALID)] for i in range(valid)]
+    plan += [list(MALFORMED)[i % len(MALFORMED)] for i in range(requests - valid)]
+    random.Random(seed).shuffle(plan)
+    return plan
+
+
+def load(
+    url: str, requests: int, concurrency: int, valid_fraction: float, timeout: float, seed: int = 0
+) -> dict[str, Any]:
+    """Send the planned requests from `concurrency` threads; the summary of what came back."""
+    require_local(url)
+    if not answers(url):
+        raise ParabenchError(f"no scoring server answers {url}/ping")
+    bodies = VALID | MALFORMED
+
+    def send(case: str) -> Answer:
+        started = time.perf_counter()
+        status = post(url, bodies[case], timeout)
+        return Answer(case, status, time.perf_counter() - started)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(send, request_plan(requests, valid_fraction, seed)))
+    wall = time.perf_counter() - started
+    latencies_ms = np.array([result.seconds for result in results]) * 1000
+    statuses = Counter(result.status for result in results)
+    return {
+        "url": url,
+        "requests": requests,
+        "concurrency": concurrency,
+        "valid_requests": sum(result.case in VALID for result in results),
+        "status_counts": {str(status): count for status, count in sorted(statuses.items())},
+        "server_errors_5xx": sum(count for status, count in statuses.items() if status >= 500),
+        "connection_errors": statuses.get(0, 0),
+        "unexpected_answers": sum(not result.expected for result in results),
+        "latency_ms_p50": float(np.percentile(latencies_ms, 50)),
+        "latency_ms_p95": float(np.percentile(latencies_ms, 95)),
+        "latency_ms_max": float(latencies_ms.max()),
+        "requests_per_second": requests / wall,
+        "wall_seconds": wall,
+        "still_answering": answers(url),
+    }
+
+
+def free_port(host: str) -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(params: Params, model_uri: str, log_file: Path, start_timeout_s: float) -> Iterator[str]:
+    """`mlflow models serve` of the model on a free 127.0.0.1 port while inside; yields its URL."""
+    host = "127.0.0.1"
+    port = free_port(host)
+    command, env = serve_command(params, model_uri, host, port)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("w") as log:
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://{host}:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while not answers(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ParabenchError(f"serving {model_uri} did not answer {url}/ping; see {log_file}")
+            time.sleep(1)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)  # the server's own session: mlflow and its uvicorn
+        process.wait(timeout=30)
+
+
+def run_loadtest(
+    params: Params, model_uri: str | None, url: str | None, requests: int | None, concurrency: int | None
+) -> dict[str, Any]:
+    """Load-test a running server (url) or one started for the model; params.yaml `loadtest:` fills in."""
+    settings = params.raw["loadtest"]
+    options = {
+        "requests": requests or int(settings["requests"]),
+        "concurrency": concurrency or int(settings["concurrency"]),
+        "valid_fraction": float(settings["valid_fraction"]),
+        "timeout": float(settings["request_timeout_s"]),
+    }
+    report_file = params.path(settings["report_file"])
+    if url:
+        summary = load(url, **options)
+    else:
+        model_uri = model_uri or params.raw["serve"]["model_uri"]
+        log_file = report_file.with_name("loadtest-server.log")
+        with serving(params, model_uri, log_file, float(settings["server_start_timeout_s"])) as served:
+            summary = load(served, **options)
+        summary["model_uri"] = model_uri
+    write_metrics_file(report_file, summary)
+    return summary | {"report_file": str(report_file)}
