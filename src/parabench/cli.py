@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -375,3 +376,16 @@ def loadtest(
     failed = summary["server_errors_5xx"] or summary["connection_errors"] or summary["unexpected_answers"]
     if failed or not summary["still_answering"]:
         raise typer.Exit(code=1)
+
+
+@app.command("reliability")
+def reliability() -> None:
+    """Run every reliability scenario (concurrent trainings on PostgreSQL and SQLite, kill -9, concurrent
+    promotes, load test, tampered data) in a throw-away copy of the project; writes reports/reliability/."""
+    from parabench.reliability import run_all
+
+    try:
+        report = run_all(load_params(), log=typer.echo)
+    except ParabenchError as error:
+        fail(error)
+    typer.echo(json.dumps(report, indent=2))

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from parabench import tracking
 from parabench.config import ParabenchError, Params
 from parabench.data.fetch import atomic_target
-from parabench.sweep import ModelSweep, latest_sweeps, mean_std
+from parabench.sweep import ModelSweep, mean_std, sweeps_by_model
 from parabench.zoo import get_spec
 
 SCORE_METRICS = tracking.SCORE_METRICS
@@ -82,6 +82,7 @@ class Report:
     rows: list[dict[str, Any]]
     tests: list[dict[str, Any]]
     data_version: str
+    recipes: list[dict[str, Any]] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
 
 
@@ -306,6 +307,8 @@ def markdown(report: Report, results: list[ModelResult], settings: ReportSetting
         lines += [table_line(row) for row in report.rows if row["size_class"] == size_class] + [""]
     lines += ["## Paired significance (two best models per class by mean validation accuracy)", ""]
     lines += [significance_line(test) for test in report.tests] or ["- no class has two models"]
+    lines += ["", "## Recipes compared (chosen by mean validation accuracy; test only reported)", ""]
+    lines += recipe_lines(report.recipes)
     lines += ["", "## Collapsed seeds", ""]
     lines += [
         f"- {result.sweep.model} seed {seed}: {why}"
@@ -313,6 +316,45 @@ def markdown(report: Report, results: list[ModelResult], settings: ReportSetting
         for seed, why in result.collapsed.items()
     ] or ["- none"]
     return "\n".join(lines) + "\n"
+
+
+RECIPE_PARAMS = ("recipe", "learning_rate", "warmup_ratio", "epochs", "select_best_epoch")
+
+
+def recipe_rows(sweeps: dict[str, list[ModelSweep]]) -> list[dict[str, Any]]:
+    """Every sweep of every model (one per recipe): the recipe and mean ± std validation/test accuracy.
+    The first of each model is the one in the tables (its default recipe when swept, else the newest)."""
+    rows = []
+    for model, model_sweeps in sweeps.items():
+        for position, sweep in enumerate(model_sweeps):
+            run_params = next(iter(sweep.runs.values())).data.params
+            row = {"model": model, "in_tables": position == 0, "seeds": len(sweep.runs)}
+            row |= {name: run_params.get(name, MISSING) for name in RECIPE_PARAMS}
+            for metric in ("validation_accuracy", "test_accuracy"):
+                row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(sweep.values(metric))
+            rows.append(row)
+    return rows
+
+
+def recipe_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The recipes table of results.md."""
+    header = "| Model | Recipe | lr | Warm-up | Epochs | Best epoch kept | Seeds | Val acc | Test acc |"
+    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    for row in rows:
+        mark = " (tables)" if row["in_tables"] else ""
+        cells = [
+            row["model"],
+            f"{row['recipe']}{mark}",
+            row["learning_rate"],
+            row["warmup_ratio"],
+            row["epochs"],
+            row["select_best_epoch"],
+            row["seeds"],
+            plus_minus(100 * row["validation_accuracy_mean"], 100 * row["validation_accuracy_std"]),
+            plus_minus(100 * row["test_accuracy_mean"], 100 * row["test_accuracy_std"]),
+        ]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return lines
 
 
 def flat_metrics(row: dict[str, Any]) -> dict[str, float]:
@@ -453,7 +495,8 @@ def build_report(
 ) -> Report:
     """Read the sweeps of the models from MLflow and write every output; see the module docstring."""
     settings = ReportSettings.from_params(params)
-    sweeps = latest_sweeps(params, models, data_version)
+    all_sweeps = sweeps_by_model(params, models, data_version)
+    sweeps = [model_sweeps[0] for model_sweeps in all_sweeps.values()]
     swept = {sweep.model for sweep in sweeps}
     for model in (m for m in models if m not in swept):
         log(f"warning: {model} has no FINISHED sweep run on this data version; left out of the report")
@@ -461,7 +504,9 @@ def build_report(
         raise ParabenchError(f"no FINISHED sweep runs of {', '.join(models)}; run `parabench sweep` first")
     results = [model_result(sweep, settings) for sweep in sweeps]
     rows = [summary_row(result, settings) for result in results]
-    report = Report(rows, paired_tests(results, settings), sweeps[0].identity.data_version)
+    report = Report(
+        rows, paired_tests(results, settings), sweeps[0].identity.data_version, recipe_rows(all_sweeps)
+    )
     report.paths.extend(write_outputs(report, results, settings))
     log(f"report run: {log_report_run(report, settings)}")
     return report

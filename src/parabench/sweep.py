@@ -285,18 +285,30 @@ def summary(sweeps: list[ModelSweep]) -> dict[str, dict[str, Any]]:
 
 
 def latest_sweeps(params: Params, models: list[str], data_version: str | None = None) -> list[ModelSweep]:
-    """Per model, in the given order, its newest sweep with a FINISHED seed on one data version (default:
-    that of the newest sweep among the models); models without one there are left out."""
+    """Per model, in the given order, its sweep with a FINISHED seed on one data version (default: that of
+    the newest sweep among the models): the one with the model's default recipe (params.yaml) when there is
+    one, else the newest; models without one there are left out."""
+    return [sweeps[0] for sweeps in sweeps_by_model(params, models, data_version).values()]
+
+
+def sweeps_by_model(
+    params: Params, models: list[str], data_version: str | None = None
+) -> dict[str, list[ModelSweep]]:
+    """Per model (given order), every sweep with a FINISHED seed on one data version: the default recipe's
+    first, then newest first. The data version defaults to that of the newest sweep among the models."""
     experiment_id = tracking.configure(params)
     client = MlflowClient()
     parents = [run for run in find_parents(client, experiment_id) if run.data.tags.get("model") in models]
     if data_version is None and parents:
         data_version = parents[0].data.tags["data_version"]
-    newest: dict[str, ModelSweep] = {}
+    found: dict[str, list[ModelSweep]] = {}
     for parent in parents:
         identity = Identity.of(parent)
-        if identity.data_version == data_version and identity.model not in newest:
+        if identity.data_version == data_version:
             runs = seed_runs(client, experiment_id, identity)
             if runs:
-                newest[identity.model] = ModelSweep(parent, runs)
-    return [newest[model] for model in models if model in newest]
+                found.setdefault(identity.model, []).append(ModelSweep(parent, runs))
+    for model, sweeps in found.items():
+        default = identity_for(params, model, data_version).recipe_fingerprint
+        sweeps.sort(key=lambda sweep: sweep.identity.recipe_fingerprint != default)  # stable: newest next
+    return {model: found[model] for model in models if model in found}

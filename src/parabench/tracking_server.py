@@ -116,15 +116,34 @@ def start_postgres(settings: ServerSettings) -> str:
         if os.geteuid() == 0:
             shutil.chown(settings.pgdata, POSTGRES_USER, POSTGRES_USER)
             settings.pgdata.chmod(0o700)
+            if subprocess.run(as_postgres(["test", "-w", str(settings.pgdata)]), check=False).returncode:
+                raise ParabenchError(
+                    f"PostgreSQL runs as '{POSTGRES_USER}', which cannot reach {settings.pgdata}: set "
+                    "params.yaml tracking_server.dir to a folder whose parents it may enter"
+                )
         run_tool(["initdb", "-D", str(settings.pgdata), "-A", "trust", "-U", settings.user], "initdb")
     log = settings.pgdata / "postgres.log"
     options = f"-h {settings.host} -p {settings.postgres_port} -k {settings.pgdata}"
-    run_tool(["pg_ctl", "-D", str(settings.pgdata), "-l", str(log), "-o", options, "-w", "start"],
-             f"starting PostgreSQL on port {settings.postgres_port} (log: {log})")
+    run_tool(
+        ["pg_ctl", "-D", str(settings.pgdata), "-l", str(log), "-o", options, "-w", "start"],
+        f"starting PostgreSQL on port {settings.postgres_port} (log: {log})",
+    )
     created = subprocess.run(
-        as_postgres(["createdb", "-h", settings.host, "-p", str(settings.postgres_port), "-U", settings.user,
-                     settings.database]),
-        capture_output=True, text=True, check=False,
+        as_postgres(
+            [
+                "createdb",
+                "-h",
+                settings.host,
+                "-p",
+                str(settings.postgres_port),
+                "-U",
+                settings.user,
+                settings.database,
+            ]
+        ),
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if created.returncode != 0 and "already exists" not in created.stderr:
         raise ParabenchError(f"creating database '{settings.database}' failed: {created.stderr.strip()}")
@@ -142,11 +161,20 @@ def start_mlflow(settings: ServerSettings, database_url: str) -> int:
     settings.artifacts.mkdir(parents=True, exist_ok=True)
     log_file = settings.dir / "mlflow-server.log"
     command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", database_url,
-        "--artifacts-destination", str(settings.artifacts),
-        "--host", settings.host, "--port", str(settings.mlflow_port),
-        "--workers", str(settings.workers),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        database_url,
+        "--artifacts-destination",
+        str(settings.artifacts),
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.mlflow_port),
+        "--workers",
+        str(settings.workers),
     ]
     with log_file.open("ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -159,8 +187,10 @@ def start_mlflow(settings: ServerSettings, database_url: str) -> int:
         time.sleep(0.5)
     stop_process_group(process.pid)
     tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-    raise ParabenchError(f"mlflow server did not answer {settings.tracking_uri}/health in "
-                         f"{settings.start_timeout_s:.0f} s; last lines of {log_file}:\n" + "\n".join(tail))
+    raise ParabenchError(
+        f"mlflow server did not answer {settings.tracking_uri}/health in "
+        f"{settings.start_timeout_s:.0f} s; last lines of {log_file}:\n" + "\n".join(tail)
+    )
 
 
 def stop_process_group(pid: int, grace_s: float = 10.0) -> None:
@@ -200,8 +230,13 @@ def start(params: Params, database_url: str | None = None) -> dict[str, Any]:
         if managed:
             stop_postgres(settings)
         raise
-    state = {"tracking_uri": settings.tracking_uri, "mlflow_pid": pid, "database_url": url,
-             "managed_postgres": managed, "artifacts": str(settings.artifacts)}
+    state = {
+        "tracking_uri": settings.tracking_uri,
+        "mlflow_pid": pid,
+        "database_url": url,
+        "managed_postgres": managed,
+        "artifacts": str(settings.artifacts),
+    }
     settings.state_file.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
     return state
 

@@ -1,0 +1,100 @@
+"""Concurrency as users meet it: `parabench server` (PostgreSQL + mlflow server) with four trainings started
+at once, several first-time openers of a new SQLite store, and two `promote` started together."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from test_sweep import SWEPT_MODELS, invoke, project_env, swept_folder
+
+from parabench.config import Params, load_params
+from parabench.reliability import concurrent_promotes, concurrent_trainings, copy_project
+from parabench.reliability import project_env as run_env
+from parabench.sweep import latest_sweeps
+
+TRAININGS = {"model": "tiny-bert", "epochs": 1, "max_train_samples": 16, "max_eval_samples": 32}
+
+
+@pytest.fixture(scope="module")
+def server_project(validated_project: Path) -> Iterator[Params]:
+    """A copy of the validated project with `parabench server start` running on free ports."""
+    work = Path(tempfile.mkdtemp(prefix="parabench-server-test-"))
+    work.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data folder
+    params_file = copy_project(
+        load_params(validated_project / "params.yaml"), work / "project", work / "server"
+    )
+    raw = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    raw["train"]["max_eval_samples"] = TRAININGS["max_eval_samples"]
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    with project_env(params_file.parent) as params:
+        started = invoke("server", "start")
+        try:
+            assert (
+                f"MLFLOW_TRACKING_URI=http://127.0.0.1:{raw['tracking_server']['mlflow_port']}"
+                in started.stdout
+            )
+            yield params
+        finally:
+            invoke("server", "stop")
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def server_uri(params: Params) -> str:
+    return f"http://127.0.0.1:{params.raw['tracking_server']['mlflow_port']}"
+
+
+def test_server_start_again_reuses_the_running_server(server_project: Params) -> None:
+    assert "already running" in invoke("server", "start").stdout
+    assert "up" in invoke("server", "status").stdout
+
+
+@pytest.mark.slow
+def test_four_trainings_at_once_on_the_server_all_finish_with_every_metric(server_project: Params) -> None:
+    env = run_env(server_project.root / "params.yaml", server_uri(server_project), "four-at-once")
+    outcome = concurrent_trainings(env, TRAININGS, 4)
+    assert outcome["errors"] == []
+    assert (outcome["exit_zero"], outcome["runs"], outcome["complete_runs"], outcome["running_runs"]) == (
+        4,
+        4,
+        4,
+        0,
+    )
+
+
+@pytest.mark.slow
+def test_trainings_opening_a_new_sqlite_store_at_once_all_finish(server_project: Params) -> None:
+    store = server_project.root / "fresh.db"
+    env = run_env(server_project.root / "params.yaml", f"sqlite:///{store}", "sqlite-at-once")
+    outcome = concurrent_trainings(env, TRAININGS, 3)
+    assert outcome["errors"] == []
+    assert (outcome["exit_zero"], outcome["complete_runs"], outcome["running_runs"]) == (3, 3, 0)
+
+
+def test_a_locked_sqlite_store_ends_in_one_line_pointing_to_the_server() -> None:
+    from parabench.tracking import SQLITE_LOCKED_HINT
+
+    assert "parabench server start" in SQLITE_LOCKED_HINT and "MLFLOW_TRACKING_URI" in SQLITE_LOCKED_HINT
+
+
+@pytest.mark.slow
+def test_two_promotes_at_once_leave_one_champion_the_better_model(
+    validated_project: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    swept = Path(shutil.copytree(swept_folder(validated_project, tmp_path_factory), tmp_path / "project"))
+    raw = yaml.safe_load((swept / "params.yaml").read_text(encoding="utf-8"))
+    raw["promote"]["name_prefix"] = "race-"  # registered models nobody promoted to yet
+    (swept / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    with project_env(swept) as params:
+        env = run_env(swept / "params.yaml", f"sqlite:///{swept / 'mlflow.db'}", params.mlflow["experiment"])
+        outcome = concurrent_promotes(env, list(SWEPT_MODELS), "race-")
+        means = {s.model: s.mean("validation_accuracy") for s in latest_sweeps(params, list(SWEPT_MODELS))}
+    assert outcome["errors"] == [] and outcome["exit_zero"] == 2
+    [(name, registered)] = outcome["registered"].items()
+    assert name == "race-small"
+    assert (registered["versions"], registered["duplicate_versions"], registered["champions"]) == (1, 0, 1)
+    assert registered["champion_model"] == max(means, key=lambda model: means[model])
