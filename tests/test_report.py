@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -13,11 +15,12 @@ import pandas as pd
 import pytest
 from mlflow.entities import Run
 from scipy import stats
-from test_sweep import SWEPT_MODELS, client_for, invoke, runs_of, swept  # noqa: F401
+from test_sweep import SWEPT_MODELS, TRAIN_OPTIONS, client_for, invoke, project_env, runs_of, swept  # noqa: F401
 
 from parabench import report as report_module
 from parabench.config import Params
 from parabench.report import SCORE_METRICS, ReportSettings, mcnemar_exact, pareto_front
+from parabench.sweep import latest_sweeps
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +112,9 @@ def test_the_report_is_logged_as_a_report_run(swept: Params, settings: ReportSet
 
 
 def test_mcnemar_compares_the_best_validation_seeds(swept: Params, table: pd.DataFrame) -> None:  # noqa: F811
-    first, second = (predictions(finished_by_seed(swept, m)[table.loc[m, "best_validation_seed"]])
-                     for m in SWEPT_MODELS)
+    first, second = (
+        predictions(finished_by_seed(swept, m)[table.loc[m, "best_validation_seed"]]) for m in SWEPT_MODELS
+    )
     merged = first.merge(second, on="idx")
     right_a = merged["predicted_label_x"] == merged["label_x"]
     right_b = merged["predicted_label_y"] == merged["label_y"]
@@ -132,10 +136,11 @@ def test_pareto_front_keeps_the_undominated_points() -> None:
 
 
 def test_the_papers_numbers_stand_beside_ours(
-    swept: Params, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    swept: Params,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = ReportSettings.from_params(swept)
-    model_sweep = report_module.latest_sweeps(swept, [SWEPT_MODELS[0]])[0]
+    model_sweep = latest_sweeps(swept, [SWEPT_MODELS[0]])[0]
     result = report_module.ModelResult(model_sweep, {}, {})
     monkeypatch.setattr(report_module, "paper_numbers", lambda _: {"test_accuracy": 84.87, "test_f1": 88.64})
     row = report_module.summary_row(result, settings)
@@ -148,3 +153,25 @@ def test_the_papers_numbers_stand_beside_ours(
 def test_no_sweep_is_a_one_line_error(swept: Params) -> None:  # noqa: F811
     result = invoke("report", "--models", "tiny-bert", exit_code=1)
     assert "run `parabench sweep` first" in result.output
+
+
+@pytest.mark.slow
+def test_a_second_recipe_is_compared_and_the_default_recipe_fills_the_tables(
+    swept: Params,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    folder = Path(shutil.copytree(swept.root, tmp_path / "project"))
+    model = SWEPT_MODELS[0]
+    with project_env(folder) as params:
+        invoke("sweep", "--models", model, "--seeds", "2", "--recipe", "tuned", *TRAIN_OPTIONS)
+        invoke("report", "--models", model)
+        markdown = ReportSettings.from_params(params).results_md.read_text(encoding="utf-8")
+        [newest] = latest_sweeps(params, [model])
+    recipes = markdown.split("## Recipes compared")[1].split("## Collapsed seeds")[0]
+    rows = [line for line in recipes.splitlines() if line.startswith(f"| {model} |")]
+    assert [row.split(" | ")[1] for row in rows] == [
+        "tuned (tables)",
+        "paper",
+    ]  # no default-recipe sweep: newest
+    assert "0.0001" in rows[0] and "2e-05" in rows[1]
+    assert newest.identity.recipe_fingerprint != latest_sweeps(swept, [model])[0].identity.recipe_fingerprint
