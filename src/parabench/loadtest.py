@@ -30,6 +30,7 @@ import numpy as np
 from parabench.config import ParabenchError, Params
 from parabench.predict import serve_command
 from parabench.run import write_metrics_file
+from parabench.tracking_server import http_ok
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 PAIR = {"sentence1": "The cat sat on the mat.", "sentence2": "A cat was sitting on the mat."}
@@ -84,11 +85,7 @@ def post(url: str, body: str, timeout: float) -> int:
 
 def answers(url: str, timeout: float = 5.0) -> bool:
     """True when the scoring server answers /ping."""
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=timeout) as response:
-            return response.status == 200
-    except OSError:
-        return False
+    return http_ok(f"{url}/ping", timeout)
 
 
 def require_local(url: str) -> None:

@@ -97,13 +97,18 @@ def run_tool(command: list[str], what: str) -> None:
         raise ParabenchError(f"{what} failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
 
 
-def healthy(uri: str, timeout: float = 2.0) -> bool:
-    """True when an MLflow server answers /health at uri."""
+def http_ok(url: str, timeout: float) -> bool:
+    """True when a GET of url answers 200 (a server's health or ping page)."""
     try:
-        with urllib.request.urlopen(f"{uri}/health", timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status == 200
     except OSError:
         return False
+
+
+def healthy(uri: str, timeout: float = 2.0) -> bool:
+    """True when an MLflow server answers /health at uri."""
+    return http_ok(f"{uri}/health", timeout)
 
 
 def start_postgres(settings: ServerSettings) -> str:
