@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from parabench import tracking_server
 from parabench.config import PARAMS_ENV, ParabenchError, Params, load_params
-from parabench.loadtest import load, serving
+from parabench.loadtest import free_port, load, serving
 from parabench.run import write_metrics_file
 from parabench.tracking import EPOCH_METRICS, FINAL_METRICS
 
@@ -175,12 +174,6 @@ def tampered_training(env: dict[str, str], settings: dict[str, Any], data_file: 
     }
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def copy_project(params: Params, folder: Path, server_dir: Path) -> Path:
     """A throw-away copy of the project's validated data and params, with its own server settings and free
     ports; returns its params.yaml."""
@@ -189,8 +182,8 @@ def copy_project(params: Params, folder: Path, server_dir: Path) -> Path:
     raw = yaml.safe_load((params.root / "params.yaml").read_text(encoding="utf-8"))
     raw["tracking_server"] |= {
         "dir": str(server_dir),
-        "postgres_port": free_port(),
-        "mlflow_port": free_port(),
+        "postgres_port": free_port(raw["tracking_server"]["host"]),
+        "mlflow_port": free_port(raw["tracking_server"]["host"]),
     }
     raw["mlflow"]["tracking_uri"] = "sqlite:///mlflow.db"
     raw["train"]["max_eval_samples"] = params.raw["reliability"]["max_eval_samples"]

@@ -36,18 +36,17 @@ FINAL_METRICS = (
     "model_size_mb",
 )
 EPOCH_METRICS = ("train_loss", "validation_accuracy", "validation_f1")
+SQLITE_PREFIX = "sqlite:///"
 
 
 def tracking_uri(params: Params) -> str:
     """$MLFLOW_TRACKING_URI, else params.yaml's URI, a relative sqlite path anchored at the project root."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow["tracking_uri"]
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
-        uri = prefix + str(params.path(uri[len(prefix) :]))
+    if uri.startswith(SQLITE_PREFIX) and not uri[len(SQLITE_PREFIX) :].startswith("/"):
+        uri = SQLITE_PREFIX + str(params.path(uri[len(SQLITE_PREFIX) :]))
     return uri
 
 
-SQLITE_PREFIX = "sqlite:///"
 SQLITE_LOCKED_HINT = (
     "the SQLite tracking store is busy with another process's writes (SQLite takes one writer at a time); "
     "rerun the command (finished seeds are kept), or run concurrent jobs against a tracking server: "
