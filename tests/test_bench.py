@@ -10,11 +10,11 @@ import pytest
 from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 from typer.testing import CliRunner
 
-from parabench.bench import BASELINE, detect_roofline, forward_flops
+from parabench.checks.bench import BASELINE, detect_roofline, forward_flops
 from parabench.cli import app
 from parabench.config import PARAMS_ENV, load_params
-from parabench.inference import INFERENCE_PATHS, prepare_for_inference
-from parabench.zoo import get_spec, load_tokenizer_and_model
+from parabench.models.inference import INFERENCE_PATHS, prepare_for_inference
+from parabench.models.zoo import get_spec, load_tokenizer_and_model
 
 BENCH_SETTINGS = (
     "bench:\n  passes: 1\n  eval_samples: 48\n  train_steps: 2\n  assumed_fma_units: 2\n"

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from test_sweep import SWEPT_MODELS, invoke, project_env, swept_folder
 
+from parabench.checks.reliability import concurrent_promotes, concurrent_trainings, copy_project
+from parabench.checks.reliability import project_env as run_env
 from parabench.config import Params, load_params
-from parabench.reliability import concurrent_promotes, concurrent_trainings, copy_project
-from parabench.reliability import project_env as run_env
-from parabench.sweep import latest_sweeps
+from parabench.study.sweep import latest_sweeps
 
 TRAININGS = {"model": "tiny-bert", "epochs": 1, "max_train_samples": 16, "max_eval_samples": 32}
 
@@ -45,7 +45,7 @@ def server_project(validated_project: Path) -> Iterator[Params]:
 
 
 def server_uri(params: Params) -> str:
-    return f"http://127.0.0.1:{params.raw['tracking_server']['mlflow_port']}"
+    return f"http://127.0.0.1:{params.tracking_server.mlflow_port}"
 
 
 def test_server_start_again_reuses_the_running_server(server_project: Params) -> None:
@@ -76,7 +76,7 @@ def test_trainings_opening_a_new_sqlite_store_at_once_all_finish(server_project:
 
 
 def test_a_locked_sqlite_store_ends_in_one_line_pointing_to_the_server() -> None:
-    from parabench.tracking import SQLITE_LOCKED_HINT
+    from parabench.tracking.client import SQLITE_LOCKED_HINT
 
     assert "parabench server start" in SQLITE_LOCKED_HINT and "MLFLOW_TRACKING_URI" in SQLITE_LOCKED_HINT
 
@@ -90,7 +90,7 @@ def test_two_promotes_at_once_leave_one_champion_the_better_model(
     raw["promote"]["name_prefix"] = "race-"  # registered models nobody promoted to yet
     (swept / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     with project_env(swept) as params:
-        env = run_env(swept / "params.yaml", f"sqlite:///{swept / 'mlflow.db'}", params.mlflow["experiment"])
+        env = run_env(swept / "params.yaml", f"sqlite:///{swept / 'mlflow.db'}", params.mlflow.experiment)
         outcome = concurrent_promotes(env, list(SWEPT_MODELS), "race-")
         means = {s.model: s.mean("validation_accuracy") for s in latest_sweeps(params, list(SWEPT_MODELS))}
     assert outcome["errors"] == [] and outcome["exit_zero"] == 2

@@ -51,8 +51,15 @@ def http_source(shared_mrpc: Path) -> Iterator[str]:
     server.server_close()
 
 
+def fetched_paths(params: Params, source: str | None) -> list[Path]:
+    """fetch_raw's paths, every one of which must have been copied."""
+    results = fetch_raw(params, source)
+    assert all(copied for _, copied in results)
+    return [path for path, _ in results]
+
+
 def test_fetch_from_folder_checks_every_sum(project_params: Params, shared_mrpc: Path) -> None:
-    paths = fetch_raw(project_params, str(shared_mrpc))
+    paths = fetched_paths(project_params, str(shared_mrpc))
     assert [path.name for path in paths] == list(NAMES)
     for path in paths:
         assert sha256_file(path) == project_params.data.sha256[path.name]
@@ -60,14 +67,27 @@ def test_fetch_from_folder_checks_every_sum(project_params: Params, shared_mrpc:
 
 
 def test_current_files_are_not_rewritten(project_params: Params, shared_mrpc: Path) -> None:
-    first = {path: path.stat().st_mtime_ns for path in fetch_raw(project_params, str(shared_mrpc))}
-    # A second run needs no source at all, even a broken one, since every file already has the right sum.
-    second = fetch_raw(project_params, "/no/such/folder")
-    assert {path: path.stat().st_mtime_ns for path in second} == first
+    first = {path: path.stat().st_mtime_ns for path in fetched_paths(project_params, str(shared_mrpc))}
+    # Without a named source, files that already have the right sum are not looked at again.
+    second = fetch_raw(project_params)
+    assert {path: path.stat().st_mtime_ns for path, copied in second if not copied} == first
+
+
+def test_a_named_source_is_checked_even_when_the_files_are_current(
+    project_dir: Path, shared_mrpc: Path, tmp_path: Path
+) -> None:
+    assert CliRunner().invoke(app, ["data", "fetch", "--source", str(shared_mrpc)]).exit_code == 0
+    again = CliRunner().invoke(app, ["data", "fetch", "--source", str(shared_mrpc)])
+    assert again.exit_code == 0 and again.output.count("unchanged ") == 3 and "fetched" not in again.output
+    missing = CliRunner().invoke(app, ["data", "fetch", "--source", str(tmp_path / "nonexistent")])
+    assert missing.exit_code == 1 and "does not exist" in missing.output and "fetched" not in missing.output
+    bad = copy_source(shared_mrpc, tmp_path / "bad", tamper=DEV_IDS)
+    tampered = CliRunner().invoke(app, ["data", "fetch", "--source", str(bad)])
+    assert tampered.exit_code == 1 and f"error: {DEV_IDS}: SHA-256 mismatch" in tampered.output
 
 
 def test_a_tampered_raw_file_is_replaced(project_params: Params, shared_mrpc: Path) -> None:
-    target = fetch_raw(project_params, str(shared_mrpc))[0]
+    target = fetched_paths(project_params, str(shared_mrpc))[0]
     target.write_text("tampered", encoding="utf-8")
     fetch_raw(project_params, str(shared_mrpc))
     assert sha256_file(target) == project_params.data.sha256[TRAIN]
@@ -118,18 +138,18 @@ def test_precedence_source_over_env_over_params_over_fallback(
         fetch_raw(params, None)
     # Nothing given: the local fallback (../shared/mrpc) is used.
     fallback_params = make_params("fallback")
-    assert all(path.is_file() for path in fetch_raw(fallback_params, None))
+    assert all(path.is_file() for path in fetched_paths(fallback_params, None))
 
 
 def test_official_urls_are_the_last_resort(make_params, http_source: str, tmp_path: Path) -> None:
     urls = {name: f"{http_source}/{name}" for name in NAMES}
     params = make_params(local_fallback=str(tmp_path / "absent"), official_urls=urls)
-    paths = fetch_raw(params, None)
+    paths = fetched_paths(params, None)
     assert [sha256_file(path) for path in paths] == [params.data.sha256[name] for name in NAMES]
 
 
 def test_base_url_source(project_params: Params, http_source: str) -> None:
-    paths = fetch_raw(project_params, http_source + "/")
+    paths = fetched_paths(project_params, http_source + "/")
     assert all(sha256_file(path) == project_params.data.sha256[path.name] for path in paths)
 
 

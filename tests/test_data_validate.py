@@ -118,7 +118,7 @@ CORRUPTIONS: dict[str, tuple[str, Corruption, tuple[str, ...]]] = {
 
 def corrupted_copy(processed_dir: Path, target: Path, split: str, corruption: Corruption) -> Path:
     """A copy of the validated splits with `corruption` applied to one of them."""
-    shutil.copytree(processed_dir, target)
+    shutil.copytree(processed_dir, target, dirs_exist_ok=True)
     splits = {path.stem: pq.read_table(path) for path in target.glob("*.parquet")}
     pq.write_table(corruption(splits[split], splits), target / f"{split}.parquet")
     return target
@@ -225,15 +225,30 @@ def test_require_validated_refuses_a_tampered_raw_file(validated_copy: Params) -
         require_validated(validated_copy)
 
 
-def test_cli_validate_fails_naming_the_expectation_and_training_is_refused(
+def test_cli_validate_of_another_folder_fails_naming_the_expectation_and_leaves_the_gate(
     processed_dir: Path, validated_copy: Params, tmp_path: Path
 ) -> None:
+    gate = validated_copy.path(validated_copy.validate.result_file)
+    before = gate.read_bytes()
     bad = corrupted_copy(processed_dir, tmp_path / "bad", "validation", set_value("label", 3, 2))
     result = CliRunner().invoke(app, ["data", "validate", "--data-dir", str(bad)])
     assert result.exit_code == 1
     assert "FAILED validation: expect_column_values_to_be_in_set(label)" in result.output
     assert "nothing may be trained on this data" in result.output
     assert "Calculating Metrics" not in result.output and "Traceback" not in result.output
+    assert "reports/validation/other/bad-" in result.output
+    # The gate of data/processed is untouched: its data still passes and may be trained on.
+    assert gate.read_bytes() == before
+    assert require_validated(validated_copy).endswith(".dir")
+
+
+def test_cli_validate_failing_on_the_processed_data_refuses_training(
+    processed_dir: Path, validated_copy: Params
+) -> None:
+    own = validated_copy.path(validated_copy.data.processed_dir)
+    corrupted_copy(processed_dir, own, "validation", set_value("label", 3, 2))
+    result = CliRunner().invoke(app, ["data", "validate"])
+    assert result.exit_code == 1
     with pytest.raises(ParabenchError, match=r"last data validation failed \(1 expectation\(s\)"):
         require_validated(validated_copy)
 

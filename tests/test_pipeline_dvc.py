@@ -14,8 +14,6 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-# CI and the dev machines keep MRPC beside the checkout (params.yaml data.local_fallback: ../shared/mrpc).
-MRPC = ROOT.parent / "shared" / "mrpc"
 VENV_BIN = Path(sys.executable).parent
 SPLIT_ROWS = {"train": 3668, "validation": 408, "test": 1725}
 
@@ -33,10 +31,7 @@ def _project_files() -> list[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not MRPC.is_dir():
-        pytest.skip(f"MRPC raw files not found at {MRPC}")
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("needs git and a git checkout of the project (the copy is made from `git ls-files`)")
+    assert shutil.which("git") and (ROOT / ".git").exists(), "needs git and a git checkout of the project"
     copy = tmp_path_factory.mktemp("clone") / "parabench"
     for name in _project_files():
         target = copy / name
@@ -48,11 +43,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def env() -> dict[str, str]:
+def env(shared_mrpc: Path) -> dict[str, str]:
     return {
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PARABENCH_MRPC_SOURCE": str(MRPC),
+        "PARABENCH_MRPC_SOURCE": str(shared_mrpc),
         "PARABENCH_PARAMS": "",
         "HF_HUB_OFFLINE": "1",
         "DVC_NO_ANALYTICS": "1",

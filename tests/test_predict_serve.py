@@ -15,7 +15,7 @@ import pytest
 from test_sweep import SWEPT_MODELS, invoke, swept  # noqa: F401
 
 from parabench.config import Params
-from parabench.loadtest import MALFORMED, PAIR, answers, run_loadtest, serving
+from parabench.serving.loadtest import MALFORMED, PAIR, answers, run_loadtest, serving
 
 MODEL_URI = "models:/parabench-small@champion"
 SERVER_START_S = 180

@@ -19,7 +19,7 @@ NAME = "parabench-small"
 @pytest.fixture(scope="module")
 def promoted(swept: Params) -> MlflowClient:  # noqa: F811
     """A client on the swept project's registry after one `parabench promote`."""
-    output = invoke("promote", "--models", ",".join(SWEPT_MODELS)).output
+    output = invoke("promote").output  # no --models: every model swept on the data version competes
     assert f"{NAME}:" in output and "@champion" in output
     return client_for(swept)[0]
 
@@ -56,7 +56,7 @@ def test_the_best_mean_validation_model_is_champion_at_its_best_seed(
     assert tags["data_version"] == runs_of(swept, best)[0].data.tags["data_version"]
     assert {"std_validation_accuracy", "test_accuracy", "recipe_fingerprint"} <= set(tags)
     assert "previous" not in promoted.get_registered_model(NAME).aliases
-    state = json.loads(swept.path(swept.raw["promote"]["state_file"]).read_text(encoding="utf-8"))
+    state = json.loads(swept.path(swept.promote.state_file).read_text(encoding="utf-8"))
     assert [v["version"] for v in state[NAME] if "champion" in v["aliases"]] == [int(version.version)]
 
 

@@ -17,17 +17,19 @@ from mlflow.entities import Run
 from scipy import stats
 from test_sweep import SWEPT_MODELS, TRAIN_OPTIONS, client_for, invoke, project_env, runs_of, swept  # noqa: F401
 
-from parabench import report as report_module
 from parabench.config import Params
-from parabench.report import SCORE_METRICS, ReportSettings, mcnemar_exact, pareto_front
-from parabench.sweep import latest_sweeps
+from parabench.study import report as report_module
+from parabench.study.report import SCORE_METRICS, ReportSettings, mcnemar_exact, pareto_front
+from parabench.study.sweep import latest_sweeps
 
 
 @pytest.fixture(scope="module")
 def settings(swept: Params) -> ReportSettings:  # noqa: F811
-    """The report's settings, after `parabench report` ran on the swept models."""
-    output = invoke("report", "--models", ",".join(SWEPT_MODELS)).output
-    assert "report run:" in output
+    """The report's settings, after `parabench report` ran as the README says, with no --models: it covers
+    every model swept on the data version (params.yaml sweep.models names only all-MiniLM-L6-v2)."""
+    assert list(swept.sweep.models) == ["all-MiniLM-L6-v2"]
+    output = invoke("report").output
+    assert "report run:" in output and "warning" not in output
     return ReportSettings.from_params(swept)
 
 

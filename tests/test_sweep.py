@@ -19,10 +19,10 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner, Result
 
-from parabench import tracking
 from parabench.cli import app
 from parabench.config import PARAMS_ENV, ParabenchError, Params, load_params
-from parabench.sweep import parse_models, parse_seeds
+from parabench.study.sweep import parse_models, parse_seeds
+from parabench.tracking import client as tracking
 
 SWEPT_MODELS = ("tiny-distilbert", "tiny-electra")
 SWEPT_SEEDS = (13, 42)
@@ -92,7 +92,7 @@ def parent_and_children(params: Params, model: str) -> tuple[Run, list[Run]]:
 
 
 def test_a_parent_per_model_holds_a_finished_child_per_seed(swept: Params) -> None:
-    summary = json.loads(swept.path(swept.sweep["summary_file"]).read_text(encoding="utf-8"))
+    summary = json.loads(swept.path(swept.sweep.summary_file).read_text(encoding="utf-8"))
     assert list(summary) == list(SWEPT_MODELS)
     for model in SWEPT_MODELS:
         parent, children = parent_and_children(swept, model)
@@ -120,15 +120,15 @@ def test_rerun_skips_finished_seeds_and_reruns_only_a_failed_one(swept: Params) 
     model = SWEPT_MODELS[0]
     before = {run.info.run_id for run in runs_of(swept, model)}
     output = invoke(*sweep_args((model,))).output
-    assert all(f"skip {model} seed {seed}" in output for seed in SWEPT_SEEDS)
+    assert all(f"{model} seed {seed}: skipped" in output for seed in SWEPT_SEEDS)
     assert {run.info.run_id for run in runs_of(swept, model)} == before
 
     parent, children = parent_and_children(swept, model)
     failed = next(run for run in children if run.data.tags["seed"] == str(SWEPT_SEEDS[1]))
     client_for(swept)[0].set_terminated(failed.info.run_id, "FAILED")
     output = invoke(*sweep_args((model,))).output
-    assert f"skip {model} seed {SWEPT_SEEDS[0]}" in output
-    assert f"skip {model} seed {SWEPT_SEEDS[1]}" not in output
+    assert f"{model} seed {SWEPT_SEEDS[0]}: skipped" in output
+    assert f"{model} seed {SWEPT_SEEDS[1]}: skipped" not in output
 
     new = [run for run in runs_of(swept, model) if run.info.run_id not in before]
     assert len(new) == 1 and new[0].data.tags["seed"] == str(SWEPT_SEEDS[1])
@@ -148,7 +148,7 @@ def test_seeds_are_a_count_or_a_list(swept: Params) -> None:
 
 
 def test_models_default_to_params_and_unknown_ones_fail_before_training(swept: Params) -> None:
-    assert parse_models(None, swept) == list(swept.sweep["models"])
+    assert parse_models(None, swept) == list(swept.sweep.models)
     assert parse_models("tiny-bert, tiny-electra", swept) == ["tiny-bert", "tiny-electra"]
     result = invoke("sweep", "--models", "tiny-bert,no-such-model", exit_code=1)
     assert "unknown model 'no-such-model'" in result.output

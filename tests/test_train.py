@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -18,10 +17,12 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from parabench.cli import app
-from parabench.config import PARAMS_ENV, Params, load_params
-from parabench.run import train_and_track
-from parabench.tracking import EPOCH_METRICS, FINAL_METRICS
-from parabench.zoo import load_zoo
+from parabench.config import PARAMS_ENV, Params, RunOptions, load_params
+from parabench.data.validate import require_validated
+from parabench.models.zoo import load_zoo
+from parabench.tracking.client import EPOCH_METRICS, FINAL_METRICS
+from parabench.training.plan import plan_run
+from parabench.training.run import RunSummary, train_and_track
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_MODELS = sorted(key for key in load_zoo() if key.startswith("tiny-"))
@@ -56,7 +57,14 @@ def train_project(validated_project: Path, tmp_path_factory: pytest.TempPathFact
         patch.setenv(PARAMS_ENV, str(folder / "params.yaml"))
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
         params = load_params(folder / "params.yaml")
-        yield dataclasses.replace(params, train=dataclasses.replace(params.train, max_eval_samples=96))
+        yield params.model_copy(update={"train": params.train.model_copy(update={"max_eval_samples": 96})})
+
+
+def train(params: Params, model: str, seed: int, **options: object) -> RunSummary:
+    """train_and_track of one planned run: 1 epoch on 32 pairs unless the options say otherwise."""
+    given = RunOptions(**{"epochs": 1, "max_train_samples": 32, **options})
+    plan = plan_run(params, given, require_validated(params), model=model, seed=seed)
+    return train_and_track(params, plan, log=lambda _: None)
 
 
 def runs_in(status: str) -> list:
@@ -69,9 +77,7 @@ def search_all_experiments() -> list[str]:
 
 @pytest.mark.parametrize("model_key", TINY_MODELS)
 def test_every_tiny_family_logs_a_complete_run(train_project: Params, model_key: str) -> None:
-    summary = train_and_track(
-        train_project, model_key, seed=7, overrides={"epochs": 1}, max_train_samples=32, log=lambda _: None
-    )
+    summary = train(train_project, model_key, 7)
     client = MlflowClient()
     run = client.get_run(summary.run_id)
     spec = load_zoo()[model_key]
@@ -82,8 +88,9 @@ def test_every_tiny_family_logs_a_complete_run(train_project: Params, model_key:
     assert run.data.params["lora"] == str(spec.lora)
     assert set(FINAL_METRICS) <= set(run.data.metrics)
     assert all(
-        0.0 <= run.data.metrics[f"{split}_accuracy"] <= 1.0 for split in ("train", "validation", "test")
+        0.0 <= run.data.metrics[f"{split}_accuracy"] <= 1.0 for split in ("train", "final_validation", "test")
     )
+    assert run.data.params["hardware_device"] == "cpu" and run.data.params["max_eval_samples"] == "96"
     assert run.data.metrics["num_parameters"] == int(run.data.params["num_parameters"]) > 0
     for name in EPOCH_METRICS:
         assert {m.step for m in client.get_metric_history(summary.run_id, name)} == {1}
@@ -112,9 +119,7 @@ def test_every_tiny_family_logs_a_complete_run(train_project: Params, model_key:
 
 
 def test_logged_predictions_and_metrics_agree(train_project: Params) -> None:
-    summary = train_and_track(
-        train_project, "tiny-bert", seed=3, overrides={"epochs": 1}, max_train_samples=32, log=lambda _: None
-    )
+    summary = train(train_project, "tiny-bert", 3)
     folder = mlflow.artifacts.download_artifacts(run_id=summary.run_id, artifact_path="predictions_test.csv")
     table = pd.read_csv(folder)
     assert len(table) == 96
@@ -124,9 +129,7 @@ def test_logged_predictions_and_metrics_agree(train_project: Params) -> None:
 
 
 def test_pairs_decide_the_prediction_not_the_first_sentence_alone(train_project: Params) -> None:
-    summary = train_and_track(
-        train_project, "tiny-bert", seed=5, overrides={"epochs": 1}, max_train_samples=32, log=lambda _: None
-    )
+    summary = train(train_project, "tiny-bert", 5)
     model = mlflow.pyfunc.load_model(f"runs:/{summary.run_id}/model")
     same_first = pd.DataFrame(
         {
@@ -170,43 +173,95 @@ def test_training_refuses_data_that_failed_validation(train_project: Params, tmp
     folder = Path(
         shutil.copytree(train_project.root, tmp_path / "failed", ignore=shutil.ignore_patterns("*.db"))
     )
-    train = pd.read_parquet(folder / "data/processed/train.parquet")
-    train.loc[0, "label"] = 2
-    train.to_parquet(folder / "data/processed/train.parquet", index=False)
+    frame = pd.read_parquet(folder / "data/processed/train.parquet")
+    frame.loc[0, "label"] = 2
+    frame.to_parquet(folder / "data/processed/train.parquet", index=False)
     params = load_params(folder / "params.yaml")
     with pytest.raises(Exception, match=r"train\.parquet"):
-        train_and_track(params, "tiny-bert", seed=1, overrides={"epochs": 1}, max_train_samples=32)
+        train(params, "tiny-bert", 1)
+
+
+def test_weight_decay_zero_and_every_recipe_field_can_be_set(train_project: Params) -> None:
+    summary = train(
+        train_project,
+        "tiny-bert",
+        11,
+        weight_decay=0,
+        warmup_ratio=0.25,
+        scheduler="cosine",
+        max_grad_norm=0.5,
+        max_length=64,
+    )
+    logged = MlflowClient().get_run(summary.run_id).data.params
+    assert logged["weight_decay"] == "0.0" and logged["warmup_ratio"] == "0.25"
+    assert (
+        logged["scheduler"] == "cosine" and logged["max_grad_norm"] == "0.5" and logged["max_length"] == "64"
+    )
+
+
+def test_the_validation_curve_has_one_point_per_epoch_and_the_kept_epoch_its_own_name(
+    train_project: Params,
+) -> None:
+    summary = train(train_project, "tiny-bert", 12, epochs=3, recipe="tuned")
+    client = MlflowClient()
+    history = client.get_metric_history(summary.run_id, "validation_accuracy")
+    assert sorted(point.step for point in history) == [1, 2, 3]
+    metrics = client.get_run(summary.run_id).data.metrics
+    kept = int(metrics["kept_epoch"])
+    best = max(history, key=lambda point: (point.value, -point.step))
+    assert kept == best.step and metrics["final_validation_accuracy"] == pytest.approx(best.value)
+
+
+def mlflow_run(*args: str) -> subprocess.CompletedProcess[str]:
+    """`mlflow run` of this checkout in the local environment, as a user types it (no experiment flag unless
+    given), with the test's tracking store."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    env = {**inherited, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "mlflow", "run", str(REPO_ROOT), *args, "--env-manager", "local"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
-def test_mlflow_run_entry_point_end_to_end(train_project: Params) -> None:
-    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
-    env = {**inherited, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "run",
-        str(REPO_ROOT),
-        "-P",
-        "model=tiny-bert",
-        "-P",
-        "epochs=1",
-        "-P",
-        "max_train_samples=64",
-        "--env-manager",
-        "local",
-        "--experiment-name",
-        "parabench",
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+def test_mlflow_run_as_written_trains_in_the_launch_runs_experiment(train_project: Params) -> None:
+    result = mlflow_run("-P", "model=tiny-bert", "-P", "epochs=1", "-P", "max_train_samples=64")
     assert result.returncode == 0, result.stderr[-3000:]
     launched = [run for run in runs_in("FINISHED") if run.data.params.get("max_train_samples") == "64"]
     launch = next(run for run in launched if "mlflow.parentRunId" not in run.data.tags)
-    assert launch.data.params["epochs"] == "1" and launch.data.params["learning_rate"] == "0"
+    assert launch.data.params["epochs"] == "1" and launch.data.params["learning_rate"] == "auto"
     trained = next(run for run in launched if run.data.tags.get("mlflow.parentRunId") == launch.info.run_id)
+    assert trained.info.experiment_id == launch.info.experiment_id
     assert set(trained.data.metrics) >= set(FINAL_METRICS)
     assert trained.data.params["learning_rate"] == "2e-05" and trained.data.params["epochs"] == "1"
     assert runs_in("RUNNING") == []
     written = (train_project.path(train_project.train.reports_dir) / "metrics.json").read_text()
     assert trained.info.run_id in written  # the DVC metrics file of the train stage
+
+
+@pytest.mark.slow
+def test_mlflow_run_with_an_experiment_name_and_the_sweep_entry_point(train_project: Params) -> None:
+    result = mlflow_run(
+        "-e",
+        "sweep",
+        "-P",
+        "models=tiny-bert",
+        "-P",
+        "seeds=1",
+        "-P",
+        "epochs=1",
+        "-P",
+        "max_train_samples=16",
+        "--experiment-name",
+        "named-by-user",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = MlflowClient().get_experiment_by_name("named-by-user")
+    runs = MlflowClient().search_runs([experiment.experiment_id])
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert sum("seed" in run.data.tags and run.data.tags.get("sweep") != "parent" for run in runs) == 1
+
+
+def test_mlflow_run_with_a_bad_parameter_is_one_line(train_project: Params) -> None:
+    result = mlflow_run("-P", "model=tiny-bert", "-P", "epochs=-1")
+    assert result.returncode != 0
+    assert "error: invalid option: --epochs = '-1'" in result.stderr
+    assert "Traceback" not in result.stderr.split("=== Run")[0]

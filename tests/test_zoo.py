@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import importlib.metadata
 import json
 import re
@@ -19,9 +18,9 @@ from typer.testing import CliRunner
 
 from parabench.cli import app
 from parabench.config import ParabenchError, Params, load_params
-from parabench.embedded import CACHE_ENV, embedded_installed
-from parabench.tiny import RECIPE_FILE, build_tiny
-from parabench.zoo import (
+from parabench.models.embedded import CACHE_ENV, embedded_installed
+from parabench.models.tiny import RECIPE_FILE, build_tiny
+from parabench.models.zoo import (
     count_parameters,
     get_spec,
     load_tokenizer_and_model,
@@ -53,7 +52,8 @@ needs_minilm = pytest.mark.skipif(not embedded_installed("all-MiniLM-L6-v2"),
 def params(tmp_path_factory: pytest.TempPathFactory) -> Params:
     """The project's params with tiny models built into a fresh folder."""
     base = load_params()
-    return dataclasses.replace(base, tiny={**base.tiny, "dir": str(tmp_path_factory.mktemp("tiny"))})
+    tiny = base.tiny.model_copy(update={"dir": tmp_path_factory.mktemp("tiny")})
+    return base.model_copy(update={"tiny": tiny})
 
 
 @pytest.fixture
@@ -175,9 +175,10 @@ def test_tiny_build_is_reused_and_rebuilt_when_its_recipe_changes(params: Params
     weights = folder / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
     assert build_tiny(spec, params) == folder and weights.stat().st_mtime_ns == stamp
-    reseeded = dataclasses.replace(params, tiny={**params.tiny, "seed": params.tiny["seed"] + 1})
+    tiny = params.tiny.model_copy(update={"seed": params.tiny.seed + 1})
+    reseeded = params.model_copy(update={"tiny": tiny})
     assert build_tiny(spec, reseeded) == folder
-    assert json.loads((folder / RECIPE_FILE).read_text())["seed"] == params.tiny["seed"] + 1
+    assert json.loads((folder / RECIPE_FILE).read_text())["seed"] == params.tiny.seed + 1
     assert not [path for path in folder.parent.iterdir() if path.name.startswith(".")], "temp folders left"
 
 
@@ -257,7 +258,7 @@ def test_a_hub_that_never_answers_times_out(no_hub: None, params: Params, monkey
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
-        quick = dataclasses.replace(params, hub={**params.hub, "reachability_timeout_s": 1})
+        quick = params.model_copy(update={"hub": params.hub.model_copy(update={"reachability_timeout_s": 1})})
         started = time.monotonic()
         with pytest.raises(ParabenchError, match="is unreachable"):
             resolve_weights(get_spec(LLAMA), quick)

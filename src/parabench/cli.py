@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from parabench.config import ParabenchError, load_params
+from parabench.config import ParabenchError, Params, RunOptions, load_params, parse_options
 
 app = typer.Typer(
     help="Paraphrase identification benchmark: data, training, tracking, comparison, serving.",
@@ -27,13 +29,29 @@ server_app = typer.Typer(
 app.add_typer(server_app, name="server")
 
 
-def fail(error: Exception) -> None:
-    """Print a user-facing error on one line and exit non-zero."""
+def fail(error: ParabenchError) -> None:
+    """Print a user-facing error on one line and exit non-zero (2 for a value the user gave, else 1)."""
     typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(code=1)
+    raise typer.Exit(code=error.exit_code)
 
 
-@data_app.command("fetch")
+def command(group: typer.Typer, name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register a command whose ParabenchError ends in one line on stderr and its exit code."""
+
+    def register(function: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> None:
+            try:
+                function(*args, **kwargs)
+            except ParabenchError as error:
+                fail(error)
+
+        return group.command(name)(run)
+
+    return register
+
+
+@command(data_app, "fetch")
 def data_fetch(
     source: Annotated[
         str | None, typer.Option(help="Folder or base URL holding the three MRPC files.")
@@ -43,13 +61,13 @@ def data_fetch(
     from parabench.data.fetch import fetch_raw
 
     try:
-        for path in fetch_raw(load_params(), source):
-            typer.echo(f"fetched {path}")
+        for path, copied in fetch_raw(load_params(), source):
+            typer.echo(f"{'fetched' if copied else 'unchanged'} {path}")
     except ParabenchError as error:
         fail(error)
 
 
-@data_app.command("prepare")
+@command(data_app, "prepare")
 def data_prepare() -> None:
     """Build data/processed/{train,validation,test}.parquet in the GLUE schema and split."""
     from parabench.data.prepare import prepare_splits
@@ -61,7 +79,7 @@ def data_prepare() -> None:
         fail(error)
 
 
-@data_app.command("validate")
+@command(data_app, "validate")
 def data_validate(
     data_dir: Annotated[Path | None, typer.Option(help="Folder with the three parquet splits.")] = None,
 ) -> None:
@@ -85,42 +103,64 @@ def data_validate(
     typer.echo("all expectations passed")
 
 
-@app.command("train")
+def option(help_text: str) -> Any:
+    """A run option taken as text and checked by config.RunOptions ('auto' = not given)."""
+    return typer.Option(help=help_text, show_default=False)
+
+
+# The options of one training run, shared by `train` and `sweep`; each is checked by config.RunOptions.
+SeedOption = Annotated[str | None, option("Random seed, 0..2**32-1 (default: params.yaml train.seed).")]
+RecipeOption = Annotated[str | None, option("Recipe from params.yaml (default or 'auto': the model's own).")]
+EpochsOption = Annotated[str | None, option("Epochs, ≥ 1 (default: the recipe's).")]
+BatchSizeOption = Annotated[str | None, option("Batch size, ≥ 1 (default: the recipe's).")]
+LearningRateOption = Annotated[str | None, option("Peak learning rate, > 0 (default: the recipe's).")]
+WeightDecayOption = Annotated[str | None, option("AdamW weight decay, ≥ 0 (default: the recipe's).")]
+WarmupOption = Annotated[str | None, option("Warm-up share of the steps, in [0, 1) (default: the recipe's).")]
+SchedulerOption = Annotated[
+    str | None, option("Learning-rate schedule: linear, cosine, … (default: recipe's).")
+]
+GradNormOption = Annotated[str | None, option("Gradient clipping norm, > 0 (default: the recipe's).")]
+MaxLengthOption = Annotated[
+    str | None, option("Tokens per pair, ≥ 1 (default: params.yaml train.max_length).")
+]
+TrainCapOption = Annotated[str | None, option("Train on at most N ≥ 1 pairs (default: all).")]
+EvalCapOption = Annotated[str | None, option("Evaluate at most N ≥ 1 validation/test pairs (default: all).")]
+
+
+def run_options(**given: str | None) -> RunOptions:
+    """The options the user gave, checked once (one line naming the option on a violation, exit 2)."""
+    names = {name: f"--{name.replace('_', '-')}" for name in RunOptions.model_fields}
+    return parse_options(RunOptions, {k: v for k, v in given.items() if v is not None}, names)
+
+
+@command(app, "train")
 def train(
-    model: Annotated[
-        str, typer.Option(help="Zoo key (see `parabench models`) or a local model folder.")
-    ] = "",
-    seed: Annotated[int | None, typer.Option(help="Random seed (default: params.yaml train.seed).")] = None,
-    recipe: Annotated[str, typer.Option(help="Recipe from params.yaml; 'auto' = the model's own.")] = "auto",
-    epochs: Annotated[int, typer.Option(help="Override the recipe's epochs (0 = keep).")] = 0,
-    learning_rate: Annotated[float, typer.Option(help="Override the learning rate (0 = keep).")] = 0.0,
-    batch_size: Annotated[int, typer.Option(help="Override the batch size (0 = keep).")] = 0,
-    weight_decay: Annotated[float, typer.Option(help="Override the weight decay (0 = keep).")] = 0.0,
-    max_train_samples: Annotated[int | None, typer.Option(help="Train on at most N pairs (0 = all).")] = None,
+    model: Annotated[str | None, option("Zoo key (see `parabench models`) or a local model folder.")] = None,
+    seed: SeedOption = None,
+    recipe: RecipeOption = None,
+    epochs: EpochsOption = None,
+    batch_size: BatchSizeOption = None,
+    learning_rate: LearningRateOption = None,
+    weight_decay: WeightDecayOption = None,
+    warmup_ratio: WarmupOption = None,
+    scheduler: SchedulerOption = None,
+    max_grad_norm: GradNormOption = None,
+    max_length: MaxLengthOption = None,
+    max_train_samples: TrainCapOption = None,
+    max_eval_samples: EvalCapOption = None,
 ) -> None:
     """Fine-tune one model with one seed on validated MRPC; everything is logged to MLflow."""
-    from parabench.run import train_and_track, write_metrics_file
-    from parabench.tracking import ui_hint
+    from parabench.common.files import write_json
+    from parabench.data.validate import require_validated
+    from parabench.tracking.client import ui_hint
+    from parabench.training.plan import plan_run
+    from parabench.training.run import train_and_track
 
+    options = run_options(**{k: v for k, v in locals().items() if k in RunOptions.model_fields})
     params = load_params()
-    overrides = {
-        "epochs": epochs,
-        "learning_rate": learning_rate,
-        "batch_size": batch_size,
-        "weight_decay": weight_decay,
-    }
-    try:
-        summary = train_and_track(
-            params,
-            model or params.train.model,
-            params.train.seed if seed is None else seed,
-            recipe,
-            overrides,
-            max_train_samples,
-        )
-    except ParabenchError as error:
-        fail(error)
-    write_metrics_file(
+    plan = plan_run(params, options, require_validated(params))
+    summary = train_and_track(params, plan, log=typer.echo)
+    write_json(
         params.path(params.train.reports_dir) / "metrics.json",
         {"model": summary.model, "seed": summary.seed, "run_id": summary.run_id, **summary.metrics},
     )
@@ -131,15 +171,15 @@ def train(
     typer.echo(ui_hint(params, summary.experiment_id, summary.run_id))
 
 
-@app.command("models")
+@command(app, "models")
 def models() -> None:
     """List the model zoo: family, size class, source, the study's test accuracy, available offline."""
-    from parabench.zoo import format_table, zoo_table
+    from parabench.models.zoo import format_table, zoo_table
 
     typer.echo(format_table(zoo_table(load_params())))
 
 
-@app.command("bench")
+@command(app, "bench")
 def bench(
     model: Annotated[str, typer.Option(help="Zoo key to benchmark.")] = "",
     run_id: Annotated[
@@ -147,7 +187,7 @@ def bench(
     ] = None,
 ) -> None:
     """Training and inference speed of parabench's paths against the HF Trainer baseline, side by side."""
-    from parabench.bench import bench as run_bench
+    from parabench.checks.bench import bench as run_bench
 
     params = load_params()
     try:
@@ -156,15 +196,30 @@ def bench(
         fail(error)
 
 
+def chosen_models(value: str | None, params: Params) -> list[str] | None:
+    """--models of report/promote: None (every model swept) when not given, else the checked keys."""
+    from parabench.study.sweep import parse_models
+
+    return None if value is None else parse_models(value, params)
+
+
 def main() -> None:
-    """Entry point that turns any ParabenchError escaping a command into one line and exit 1."""
-    from parabench.tracking import SQLITE_LOCKED_HINT, RunKilled
+    """Entry point: a mistake or failure is one line on stderr and a non-zero exit, never a traceback."""
+    from parabench.tracking.client import SQLITE_LOCKED_HINT, RunKilled
 
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as error:  # unknown option, missing argument, bad value: exit 2 as click does
+        context = getattr(error, "ctx", None)
+        where = f"{context.command_path}: " if context is not None else ""
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        print(f"error: {where}{' '.join(message.split())}", file=sys.stderr)
+        sys.exit(getattr(error, "exit_code", 2))
     except ParabenchError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(error.exit_code)
     except (KeyboardInterrupt, RunKilled):
         print(
             "interrupted: the run was marked KILLED; run the same command again to start it over",
@@ -176,46 +231,48 @@ def main() -> None:
             raise
         print(f"error: {SQLITE_LOCKED_HINT}", file=sys.stderr)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 ModelsOption = Annotated[
     str | None, typer.Option(help="Comma list of zoo keys (default: params.yaml sweep.models).")
+]
+SweptModelsOption = Annotated[
+    str | None, typer.Option(help="Comma list of zoo keys (default: every model swept on the data version).")
 ]
 DataVersionOption = Annotated[
     str | None, typer.Option(help="Data version to use (default: that of the newest sweep of the models).")
 ]
 
 
-@app.command("sweep")
+@command(app, "sweep")
 def sweep(
     models: ModelsOption = None,
     seeds: Annotated[
         str | None,
-        typer.Option(
-            help="N = the first N of params.yaml sweep.seeds, or a comma list of seeds (default: all)."
-        ),
+        option("N = the first N of params.yaml sweep.seeds, or a comma list of seeds (default: all)."),
     ] = None,
-    recipe: Annotated[str, typer.Option(help="Recipe from params.yaml; 'auto' = each model's own.")] = "auto",
-    epochs: Annotated[int, typer.Option(help="Override the recipe's epochs (0 = keep).")] = 0,
-    max_train_samples: Annotated[int | None, typer.Option(help="Train on at most N pairs (0 = all).")] = None,
+    recipe: RecipeOption = None,
+    epochs: EpochsOption = None,
+    batch_size: BatchSizeOption = None,
+    learning_rate: LearningRateOption = None,
+    weight_decay: WeightDecayOption = None,
+    warmup_ratio: WarmupOption = None,
+    scheduler: SchedulerOption = None,
+    max_grad_norm: GradNormOption = None,
+    max_length: MaxLengthOption = None,
+    max_train_samples: TrainCapOption = None,
+    max_eval_samples: EvalCapOption = None,
 ) -> None:
     """Fine-tune every model with every seed: an MLflow parent run per model, a nested run per seed.
     Seeds that already have a FINISHED run with the same recipe and data are skipped."""
-    from parabench.sweep import parse_models, parse_seeds, run_sweep
+    from parabench.study.sweep import parse_models, parse_seeds, run_sweep
 
+    options = run_options(**{k: v for k, v in locals().items() if k in RunOptions.model_fields})
     params = load_params()
-    try:
-        sweeps = run_sweep(
-            params,
-            parse_models(models, params),
-            parse_seeds(seeds, params),
-            recipe,
-            {"epochs": epochs},
-            max_train_samples,
-            log=typer.echo,
-        )
-    except ParabenchError as error:
-        fail(error)
+    sweeps = run_sweep(
+        params, parse_models(models, params), parse_seeds(seeds, params), options, log=typer.echo
+    )
     for model_sweep in sweeps:
         typer.echo(
             f"{model_sweep.model}: seeds {', '.join(map(str, model_sweep.runs))} FINISHED; "
@@ -223,31 +280,29 @@ def sweep(
         )
 
 
-@app.command("report")
-def report(models: ModelsOption = None, data_version: DataVersionOption = None) -> None:
+@command(app, "report")
+def report(models: SweptModelsOption = None, data_version: DataVersionOption = None) -> None:
     """The study's tables from the sweeps in MLflow, with confidence intervals, McNemar tests, failed-seed
     flags and plots: reports/results.{md,csv,json} and reports/plots/."""
-    from parabench.report import build_report
-    from parabench.sweep import parse_models
+    from parabench.study.report import build_report
 
     params = load_params()
     try:
-        written = build_report(params, parse_models(models, params), data_version, log=typer.echo)
+        written = build_report(params, chosen_models(models, params), data_version, log=typer.echo)
     except ParabenchError as error:
         fail(error)
     for path in written.paths:
         typer.echo(f"wrote {path}")
 
 
-@app.command("promote")
-def promote(models: ModelsOption = None, data_version: DataVersionOption = None) -> None:
+@command(app, "promote")
+def promote(models: SweptModelsOption = None, data_version: DataVersionOption = None) -> None:
     """Register each size class's best model (by mean validation accuracy) as parabench-<class>@champion."""
-    from parabench.promote import promote as promote_models
-    from parabench.sweep import parse_models
+    from parabench.study.promote import promote as promote_models
 
     params = load_params()
     try:
-        state = promote_models(params, parse_models(models, params), data_version, log=typer.echo)
+        state = promote_models(params, chosen_models(models, params), data_version, log=typer.echo)
     except ParabenchError as error:
         fail(error)
     typer.echo("registry:")
@@ -260,7 +315,7 @@ ModelUriOption = Annotated[
 ]
 
 
-@app.command("predict")
+@command(app, "predict")
 def predict(
     sentences: Annotated[list[str] | None, typer.Argument(help="sentence1 and sentence2.")] = None,
     input_csv: Annotated[
@@ -269,18 +324,18 @@ def predict(
     model: ModelUriOption = None,
 ) -> None:
     """Label sentence pairs (1 = paraphrase) with their paraphrase probability; prints CSV."""
-    from parabench.predict import pairs_from, predict_pairs
+    from parabench.serving.predict import pairs_from, predict_pairs
 
     params = load_params()
     try:
         pairs = pairs_from(sentences, input_csv)
-        table = predict_pairs(params, model or params.raw["serve"]["model_uri"], pairs)
+        table = predict_pairs(params, model or params.serve.model_uri, pairs)
     except ParabenchError as error:
         fail(error)
     typer.echo(table.to_csv(index=False), nl=False)
 
 
-@app.command("serve")
+@command(app, "serve")
 def serve(
     model: ModelUriOption = None,
     host: Annotated[str | None, typer.Option(help="Interface (default: params.yaml serve.host).")] = None,
@@ -290,18 +345,18 @@ def serve(
     POST /invocations {"dataframe_records": [{"sentence1": "...", "sentence2": "..."}]}."""
     import os
 
-    from parabench.predict import serve_command
+    from parabench.serving.predict import serve_command
 
     params = load_params()
-    settings = params.raw["serve"]
+    settings = params.serve
     command, env = serve_command(
-        params, model or settings["model_uri"], host or settings["host"], port or settings["port"]
+        params, model or settings.model_uri, host or settings.host, port or settings.port
     )
     typer.echo(" ".join(command))
     os.execvpe(command[0], command, env)
 
 
-@server_app.command("start")
+@command(server_app, "start")
 def server_start(
     database_url: Annotated[
         str | None,
@@ -309,7 +364,7 @@ def server_start(
     ] = None,
 ) -> None:
     """Start PostgreSQL and `mlflow server` on 127.0.0.1 (params.yaml tracking_server); idempotent."""
-    from parabench.tracking_server import start
+    from parabench.tracking.server import start
 
     try:
         state = start(load_params(), database_url)
@@ -320,10 +375,10 @@ def server_start(
     typer.echo(f"use it with: export MLFLOW_TRACKING_URI={state['tracking_uri']}")
 
 
-@server_app.command("stop")
+@command(server_app, "stop")
 def server_stop() -> None:
     """Stop the tracking server and the PostgreSQL it started."""
-    from parabench.tracking_server import stop
+    from parabench.tracking.server import stop
 
     try:
         stopped = stop(load_params())
@@ -332,10 +387,10 @@ def server_stop() -> None:
     typer.echo("tracking server stopped" if stopped else "no tracking server was running")
 
 
-@server_app.command("status")
+@command(server_app, "status")
 def server_status() -> None:
     """Print whether the tracking server answers; exit 1 when it does not."""
-    from parabench.tracking_server import status
+    from parabench.tracking.server import status
 
     state = status(load_params())
     typer.echo(f"{state['tracking_uri']}: {'up' if state['healthy'] else 'down'}")
@@ -343,7 +398,7 @@ def server_status() -> None:
         raise typer.Exit(code=1)
 
 
-@app.command("loadtest")
+@command(app, "loadtest")
 def loadtest(
     model: Annotated[
         str | None, typer.Option(help="Model URI to serve (default: params.yaml serve.model_uri).")
@@ -358,7 +413,7 @@ def loadtest(
 ) -> None:
     """Bounded load test of the served model on localhost: valid and malformed requests; prints p50/p95
     latency, requests/s and status counts; exit 1 on any 5xx, lost connection or unexpected answer."""
-    from parabench.loadtest import run_loadtest
+    from parabench.serving.loadtest import run_loadtest
 
     try:
         summary = run_loadtest(load_params(), model, url, requests, concurrency)
@@ -378,11 +433,11 @@ def loadtest(
         raise typer.Exit(code=1)
 
 
-@app.command("reliability")
+@command(app, "reliability")
 def reliability() -> None:
     """Run every reliability scenario (concurrent trainings on PostgreSQL and SQLite, kill -9, concurrent
     promotes, load test, tampered data) in a throw-away copy of the project; writes reports/reliability/."""
-    from parabench.reliability import run_all
+    from parabench.checks.reliability import run_all
 
     try:
         report = run_all(load_params(), log=typer.echo)

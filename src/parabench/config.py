@@ -1,99 +1,297 @@
-"""Loads params.yaml, the single source of every knob, into typed objects."""
+"""params.yaml, the single source of every knob, validated once into frozen, typed objects (pydantic).
+
+An unknown key, a wrong type or an impossible value stops the command with one line naming the key and the
+value (`ConfigError`, exit 2). Values a user gives on the command line or as `mlflow run -P` parameters are
+checked by the same types (`parse_options`). `None` always means "not given", never 0.
+"""
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PARAMS_ENV = "PARABENCH_PARAMS"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+# numpy's and torch's seeds must fit in an unsigned 32-bit integer.
+MAX_SEED = 2**32 - 1
+SPLITS = ("train", "validation", "test")
+SIZE_CLASSES = ("small", "regular", "large")
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
+INFERENCE_PATHS = ("fp32", "int8_dynamic", "int8_per_channel", "int8_ffn_per_channel")
 
 
 class ParabenchError(Exception):
     """An error whose message is meant for the user as it is: one clear line, no traceback."""
 
+    exit_code = 1
 
-@dataclass(frozen=True)
-class DataParams:
+
+class ConfigError(ParabenchError):
+    """A value given by the user (params.yaml, an option, a parameter) that is not allowed (exit 2: usage)."""
+
+    exit_code = 2
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, AfterValidator(_finite), Field(gt=0)]
+NonNegativeFloat = Annotated[float, AfterValidator(_finite), Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+OpenFraction = Annotated[float, Field(gt=0, lt=1)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Name = Annotated[str, AfterValidator(_not_blank)]
+
+
+class Section(BaseModel):
+    """A params.yaml section: frozen, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _exact_keys(value: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    if set(value) != set(keys):
+        raise ValueError(f"needs exactly the keys {', '.join(keys)}")
+    return value
+
+
+def _band(value: dict[str, Any]) -> dict[str, Any]:
+    _exact_keys(value, ("min", "max"))
+    if value["min"] > value["max"]:
+        raise ValueError("min must not exceed max")
+    return value
+
+
+class DataParams(Section):
     source: str | None
     local_fallback: str
     raw_dir: Path
     processed_dir: Path
-    files: dict[str, str]
-    official_urls: dict[str, str]
-    sha256: dict[str, str]
-    download_timeout_s: float
+    files: dict[str, Name]
+    official_urls: dict[str, Name]
+    sha256: dict[str, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]]
+    download_timeout_s: PositiveFloat
+
+    _files = field_validator("files")(lambda v: _exact_keys(v, ("train", "test", "dev_ids")))
+
+    @model_validator(mode="after")
+    def _every_file_has_a_sum(self) -> DataParams:
+        for name in self.files.values():
+            if name not in self.sha256:
+                raise ValueError(f"sha256 has no sum for {name}")
+        return self
 
 
-@dataclass(frozen=True)
-class ValidateParams:
+class ValidateParams(Section):
     report_dir: Path
     result_file: Path
-    row_counts: dict[str, int]
-    positive_rate: dict[str, float]
-    sentence_chars: dict[str, int]
+    row_counts: dict[str, NonNegative]
+    positive_rate: dict[str, Fraction]
+    sentence_chars: dict[str, NonNegative]
+
+    _rows = field_validator("row_counts")(lambda v: _exact_keys(v, SPLITS))
+    _bands = field_validator("positive_rate", "sentence_chars")(_band)
 
 
-@dataclass(frozen=True)
-class TrainParams:
-    model: str
-    seed: int
-    recipe: str
-    max_train_samples: int
-    max_eval_samples: int
-    max_length: int
-    eval_batch_size: int
-    num_threads: int
+class TrainParams(Section):
+    model: Name
+    seed: Seed
+    recipe: Name
+    max_train_samples: NonNegative | None = None  # None: the whole train split
+    max_eval_samples: NonNegative | None = None  # None: every validation/test pair
+    max_length: Positive
+    eval_batch_size: Positive
+    num_threads: Positive | None = None  # None: torch's default
     reports_dir: Path
 
 
-@dataclass(frozen=True)
-class Recipe:
+class Recipe(Section):
     """How one model is fine-tuned: the study's hyper-parameters and their kin."""
 
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    weight_decay: float
-    warmup_ratio: float = 0.0
-    scheduler: str = "linear"
-    max_grad_norm: float = 1.0
+    epochs: Positive
+    batch_size: Positive
+    learning_rate: PositiveFloat
+    weight_decay: NonNegativeFloat
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    scheduler: Literal[SCHEDULERS] = "linear"  # type: ignore[valid-type]
+    max_grad_norm: PositiveFloat = 1.0
     # Keep the weights of the epoch with the best validation accuracy (early stopping chosen by validation).
     select_best_epoch: bool = False
 
     def with_overrides(self, **overrides: Any) -> Recipe:
-        """A copy with the given non-None fields replaced (CLI and MLproject parameters)."""
-        known = {f.name for f in fields(self)}
-        given = {k: v for k, v in overrides.items() if v is not None and k in known}
-        return Recipe(**{**self.__dict__, **given})
+        """A copy with the given non-None fields replaced (CLI options, MLproject parameters)."""
+        given = {k: v for k, v in overrides.items() if v is not None and k in type(self).model_fields}
+        return Recipe.model_validate({**self.model_dump(), **given})
 
 
-@dataclass(frozen=True)
-class LoraParams:
-    task_type: str
-    r: int
-    lora_alpha: int
-    lora_dropout: float
-    bias: str
+class LoraParams(Section):
+    task_type: Literal["SEQ_CLS"]
+    r: Positive
+    lora_alpha: Positive
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)]
+    bias: Literal["none", "all", "lora_only"]
 
 
-@dataclass(frozen=True)
-class Params:
+class HubParams(Section):
+    reachability_timeout_s: PositiveFloat
+
+
+class TinyParams(Section):
+    dir: Path
+    seed: Seed
+
+
+class InferenceParams(Section):
+    path: Literal[INFERENCE_PATHS]  # type: ignore[valid-type]
+
+
+class BenchParams(Section):
+    passes: Positive
+    eval_samples: Positive
+    train_steps: Positive
+    assumed_fma_units: Positive
+    output: Path
+
+
+class MlflowParams(Section):
+    experiment: Name
+    tracking_uri: Name
+
+
+class TrackingServerParams(Section):
+    dir: Path
+    host: Name
+    postgres_port: Port
+    mlflow_port: Port
+    database: Name
+    user: Name
+    workers: Positive
+    start_timeout_s: PositiveFloat
+
+
+class SweepParams(Section):
+    models: Annotated[list[Name], Field(min_length=1)]
+    seeds: Annotated[list[Seed], Field(min_length=1)]
+    summary_file: Path
+
+
+class ReportParams(Section):
+    results_md: Path
+    results_csv: Path
+    results_json: Path
+    plots_dir: Path
+    confidence: OpenFraction
+    significance_level: OpenFraction
+    majority_rate: Fraction
+    collapse_margin: Fraction
+
+
+class Aliases(Section):
+    champion: Name
+    previous: Name
+
+
+class PromoteParams(Section):
+    name_prefix: Name
+    aliases: Aliases
+    state_file: Path
+    lock_timeout_s: PositiveFloat
+
+
+class ServeParams(Section):
+    model_uri: Name
+    host: Name
+    port: Port
+
+
+class LoadtestParams(Section):
+    requests: Positive
+    concurrency: Positive
+    valid_fraction: Fraction
+    request_timeout_s: PositiveFloat
+    server_start_timeout_s: PositiveFloat
+    report_file: Path
+
+
+class ReliabilityParams(Section):
+    model: Name
+    epochs: Positive
+    long_epochs: Positive
+    max_train_samples: Positive
+    max_eval_samples: Positive
+    concurrent_trainings: Positive
+    promote_models: Annotated[list[Name], Field(min_length=2)]
+    report_dir: Path
+
+
+class Params(Section):
+    """Every section of params.yaml, typed; `root` is the folder holding params.yaml."""
+
     root: Path
     data: DataParams
-    validate: ValidateParams
+    validate_: ValidateParams = Field(alias="validate")
     train: TrainParams
-    recipes: dict[str, Recipe]
+    recipes: Annotated[dict[Name, Recipe], Field(min_length=1)]
     lora: LoraParams
-    hub: dict[str, Any]
-    tiny: dict[str, Any]
-    mlflow: dict[str, Any]
-    sweep: dict[str, Any]
-    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    hub: HubParams
+    tiny: TinyParams
+    inference: InferenceParams
+    bench: BenchParams
+    mlflow: MlflowParams
+    tracking_server: TrackingServerParams
+    sweep: SweepParams
+    report: ReportParams
+    promote: PromoteParams
+    serve: ServeParams
+    loadtest: LoadtestParams
+    reliability: ReliabilityParams
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _default_recipe_exists(self) -> Params:
+        if self.train.recipe not in self.recipes:
+            raise ValueError(
+                f"train.recipe '{self.train.recipe}' is not one of recipes: {', '.join(self.recipes)}"
+            )
+        return self
+
+    @property
+    def validate(self) -> ValidateParams:  # type: ignore[override]  # `validate` is a params.yaml section
+        return self.validate_
 
     def path(self, relative: str | Path) -> Path:
         """A path from params.yaml, taken relative to the folder that holds params.yaml."""
@@ -102,47 +300,104 @@ class Params:
 
     def recipe(self, name: str) -> Recipe:
         if name not in self.recipes:
-            raise ParabenchError(f"unknown recipe '{name}'; params.yaml defines: {', '.join(self.recipes)}")
+            raise ConfigError(f"unknown recipe '{name}'; params.yaml defines: {', '.join(self.recipes)}")
         return self.recipes[name]
+
+
+class RunOptions(Section):
+    """What a user may set for one training run (CLI options, `mlflow run -P` parameters). None, or the word
+    `auto`, means "not given": params.yaml's value, or the recipe's."""
+
+    model: Name | None = None
+    seed: Seed | None = None
+    recipe: Name | None = None
+    epochs: Positive | None = None
+    batch_size: Positive | None = None
+    learning_rate: PositiveFloat | None = None
+    weight_decay: NonNegativeFloat | None = None
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = None
+    scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
+    max_grad_norm: PositiveFloat | None = None
+    max_length: Positive | None = None
+    max_train_samples: NonNegative | None = None
+    max_eval_samples: NonNegative | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _auto_is_not_given(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
+
+    def recipe_overrides(self) -> dict[str, Any]:
+        """The given values of Recipe fields."""
+        return {
+            name: getattr(self, name) for name in Recipe.model_fields if getattr(self, name, None) is not None
+        }
+
+
+def shown(value: Any) -> str:
+    """A value as the user wrote it, short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe(error: ValidationError, where: str, name_of: dict[str, str] | None = None) -> str:
+    """One line for a validation error: where, the key (or option), the value, and what is allowed."""
+    name_of = name_of or {}
+    first = error.errors()[0]
+    location = [str(part) for part in first["loc"]]
+    key = ".".join(location)
+    key = name_of.get(key, name_of.get(location[0], key) if location else key)
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        line = f"{where}: unknown key '{key}'"
+    elif first["type"] == "missing":
+        line = f"{where}: '{key}' is missing"
+    else:
+        line = f"{where}: {key} = {shown(first.get('input'))}: {message}"
+    more = len(error.errors()) - 1
+    return line + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
 
 def find_params_file() -> Path:
     """params.yaml from $PARABENCH_PARAMS, else the current folder, else the project checkout."""
-    candidates = [os.environ.get(PARAMS_ENV), Path.cwd() / "params.yaml", PACKAGE_ROOT / "params.yaml"]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return Path(candidate).resolve()
-    raise ParabenchError(
-        "params.yaml not found: run parabench from the project folder or set PARABENCH_PARAMS"
-    )
+    given = os.environ.get(PARAMS_ENV)
+    if given:
+        if not Path(given).is_file():
+            raise ConfigError(f"{PARAMS_ENV}={given}: no such file")
+        return Path(given).resolve()
+    for candidate in (Path.cwd() / "params.yaml", PACKAGE_ROOT / "params.yaml"):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ConfigError("params.yaml not found: run parabench from the project folder or set PARABENCH_PARAMS")
 
 
 def load_params(path: Path | None = None) -> Params:
-    """Read params.yaml into a Params object."""
+    """Read and validate params.yaml; ConfigError (one line) on anything it does not allow."""
     path = path or find_params_file()
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read {path}: {error}") from error
     except yaml.YAMLError as error:
-        raise ParabenchError(f"{path} is not valid YAML: {error}") from error
-    data, validate, train = raw["data"], raw["validate"], raw["train"]
-    return Params(
-        root=path.parent,
-        data=DataParams(
-            **{**data, "raw_dir": Path(data["raw_dir"]), "processed_dir": Path(data["processed_dir"])}
-        ),
-        validate=ValidateParams(
-            **{
-                **validate,
-                "report_dir": Path(validate["report_dir"]),
-                "result_file": Path(validate["result_file"]),
-            }
-        ),
-        train=TrainParams(**{**train, "reports_dir": Path(train["reports_dir"])}),
-        recipes={name: Recipe(**values) for name, values in raw["recipes"].items()},
-        lora=LoraParams(**raw["lora"]),
-        hub=raw["hub"],
-        tiny=raw["tiny"],
-        mlflow=raw["mlflow"],
-        sweep=raw["sweep"],
-        raw=raw,
-    )
+        reason = " ".join(str(error).split())
+        raise ConfigError(f"{path} is not valid YAML: {reason}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping of sections, got {type(raw).__name__}")
+    if "root" in raw:
+        raise ConfigError(f"{path}: unknown key 'root'")
+    try:
+        return Params.model_validate({**raw, "root": path.parent})
+    except ValidationError as error:
+        raise ConfigError(describe(error, str(path))) from error
+
+
+Options = TypeVar("Options", bound=BaseModel)
+
+
+def parse_options(model: type[Options], values: dict[str, Any], option_names: dict[str, str]) -> Options:
+    """Command-line options or MLproject parameters checked by the same types as params.yaml: one line
+    naming the option on a violation (ConfigError, exit 2)."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(describe(error, "invalid option", option_names)) from error

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from parabench.common.files import atomic_target
 from parabench.config import ParabenchError, Params
 
 SOURCE_ENV = "PARABENCH_MRPC_SOURCE"
@@ -25,6 +25,7 @@ class Source:
 
     location: str | None
     origin: str
+    explicit: bool = False  # named by the user (--source, the environment, data.source): always checked
 
     def describe(self, name: str, official: dict[str, str]) -> str:
         """Where `name` is taken from, for messages."""
@@ -76,11 +77,11 @@ def checked_source(location: str, origin: str, base: Path) -> Source:
     """A Source for an explicitly given location (a relative folder is taken from `base`); a folder that
     does not exist is an error."""
     if is_url(location):
-        return Source(location, origin)
+        return Source(location, origin, explicit=True)
     folder = base / Path(location).expanduser()
     if not folder.is_dir():
         raise ParabenchError(f"MRPC source folder {folder} (from {origin}) does not exist")
-    return Source(str(folder), origin)
+    return Source(str(folder), origin, explicit=True)
 
 
 @contextlib.contextmanager
@@ -100,42 +101,32 @@ def open_source(address: str, name: str, timeout_s: float) -> Iterator[BinaryIO]
         yield handle
 
 
-@contextlib.contextmanager
-def atomic_target(target: Path) -> Iterator[Path]:
-    """A temp path beside `target` to write; it replaces `target` only if the block ends without error."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    os.close(fd)
-    temp = Path(temp_name)
-    try:
-        yield temp
-        os.chmod(temp, 0o644)
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def copy_verified(reader: BinaryIO, target: Path, expected: str, where: str) -> None:
-    """Stream `reader` into a temp file beside `target`; only a matching SHA-256 replaces `target`."""
+def copy_verified(reader: BinaryIO, target: Path | None, name: str, expected: str, where: str) -> None:
+    """Stream `reader` into a temp file beside `target`; only a matching SHA-256 replaces `target`.
+    With target None the bytes are only checked (the source of a file already in place)."""
     digest = hashlib.sha256()
-    with atomic_target(target) as temp, temp.open("wb") as out:
+    with contextlib.ExitStack() as stack:
+        out = None
+        if target is not None:
+            out = stack.enter_context(stack.enter_context(atomic_target(target)).open("wb"))
         for chunk in iter(lambda: reader.read(CHUNK_BYTES), b""):
             digest.update(chunk)
-            out.write(chunk)
+            if out is not None:
+                out.write(chunk)
         got = digest.hexdigest()
         if got != expected:
             raise ParabenchError(
-                f"{target.name}: SHA-256 mismatch for {where}: expected {expected}, got {got}"
+                f"{name}: SHA-256 mismatch for {where}: expected {expected}, got {got}"
             )
 
 
-def fetch_file(params: Params, source: Source, name: str, target: Path) -> None:
-    """Copy or download one raw file into `target`, verified against params.data.sha256."""
+def fetch_file(params: Params, source: Source, name: str, target: Path | None) -> None:
+    """Copy or download one raw file into `target` (None: only check it), verified against data.sha256."""
     expected = expected_sha256(params, name)
     address = source.address(name, params.data.official_urls)
     timeout_s = float(params.data.download_timeout_s)
     with open_source(address, name, timeout_s) as reader:
-        copy_verified(reader, target, expected, source.describe(name, params.data.official_urls))
+        copy_verified(reader, target, name, expected, source.describe(name, params.data.official_urls))
 
 
 def expected_sha256(params: Params, name: str) -> str:
@@ -151,20 +142,21 @@ def is_current(path: Path, expected: str) -> bool:
     return path.is_file() and sha256_file(path) == expected
 
 
-def fetch_raw(params: Params, source: str | None = None) -> list[Path]:
-    """Put msr_paraphrase_train.txt, msr_paraphrase_test.txt and mrpc_dev_ids.tsv into data.raw_dir.
+def fetch_raw(params: Params, source: str | None = None) -> list[tuple[Path, bool]]:
+    """Put msr_paraphrase_train.txt, msr_paraphrase_test.txt and mrpc_dev_ids.tsv into data.raw_dir; returns
+    each file with whether it was copied (False: it was already there with the right SHA-256).
 
-    Files already present with the right SHA-256 are not rewritten; the others are copied or downloaded from
-    the first source given (see `resolve_source`) and checked before they replace anything."""
+    A source the user named (see `resolve_source`) is always checked, file by file, even when data.raw_dir
+    already holds good copies; otherwise files in place are not looked at again. Nothing replaces a file
+    before its SHA-256 matched."""
     raw_dir = params.path(params.data.raw_dir)
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    resolved: Source | None = None
-    paths = []
+    resolved = resolve_source(params, source)
+    results = []
     for name in params.data.files.values():
         target = raw_dir / name
-        if not is_current(target, expected_sha256(params, name)):
-            resolved = resolved or resolve_source(params, source)
-            fetch_file(params, resolved, name, target)
-        paths.append(target)
-    return paths
-
+        current = is_current(target, expected_sha256(params, name))
+        if resolved.explicit or not current:
+            raw_dir.mkdir(parents=True, exist_ok=True)
+            fetch_file(params, resolved, name, None if current else target)
+        results.append((target, not current))
+    return results

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from parabench.common.files import atomic_target
 from parabench.config import ParabenchError, Params
-from parabench.data.fetch import atomic_target
 
 if TYPE_CHECKING:
     import datasets

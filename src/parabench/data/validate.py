@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from parabench.common.files import write_json
 from parabench.config import ParabenchError, Params
-from parabench.data.fetch import atomic_target, sha256_file
+from parabench.data.fetch import sha256_file
 from parabench.data.prepare import COLUMNS, split_paths
 from parabench.data.version import data_version, display_path
 
@@ -312,12 +313,6 @@ def unreadable_entry(params: Params, split: str, split_file: SplitFile) -> dict[
     }
 
 
-def write_json(path: Path, document: dict[str, Any]) -> None:
-    """Write JSON atomically, with a trailing newline."""
-    with atomic_target(path) as temp:
-        temp.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
-
-
 def report_document(
     params: Params, data_dir: Path, split_files: dict[str, SplitFile], results: dict[str, Any], index: Path
 ) -> dict[str, Any]:
@@ -349,12 +344,24 @@ def report_document(
     }
 
 
+def output_folders(params: Params, data_dir: Path) -> tuple[Path, Path]:
+    """Where a validation of data_dir writes its result file and Data Docs. Only data.processed_dir's result
+    is the gate training reads; any other folder's goes to <report_dir>/other/<folder>-<hash>/."""
+    report_dir = params.path(params.validate.report_dir)
+    if data_dir.resolve() == params.path(params.data.processed_dir).resolve():
+        return params.path(params.validate.result_file), report_dir / DOCS_SUBDIR
+    tag = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
+    folder = report_dir / "other" / f"{data_dir.resolve().name}-{tag}"
+    return folder / "result.json", folder / DOCS_SUBDIR
+
+
 def validate_splits(params: Params, data_dir: Path | None = None) -> ValidationOutcome:
-    """Run the suite over data_dir (default data.processed_dir); write the JSON result and the Data Docs."""
+    """Run the suite over data_dir (default data.processed_dir); write the JSON result and the Data Docs
+    (see `output_folders`: validating another folder never touches the training gate)."""
     data_dir = Path(data_dir) if data_dir is not None else params.path(params.data.processed_dir)
     split_files = {split: read_split(path) for split, path in split_paths(data_dir).items()}
     frames = with_leak_column({split: split_file.frame for split, split_file in split_files.items()})
-    docs_dir = params.path(params.validate.report_dir) / DOCS_SUBDIR
+    result_file, docs_dir = output_folders(params, data_dir)
     results = run_suites(params, frames, docs_dir)
     for split, split_file in split_files.items():
         if split in results:
@@ -363,7 +370,6 @@ def validate_splits(params: Params, data_dir: Path | None = None) -> ValidationO
             split_file.failed = [unreadable_entry(params, split, split_file)]
     index = docs_dir / "index.html"
     document = report_document(params, data_dir, split_files, results, index)
-    result_file = params.path(params.validate.result_file)
     write_json(result_file, document)
     return ValidationOutcome(document["success"], document["failures"], result_file, index)
 
@@ -418,5 +424,3 @@ def require_validated(params: Params, data_dir: Path | None = None) -> str:
             raise ParabenchError(f"{shown} changed since it was validated; {RERUN_HINT}")
     check_raw_files(params)
     return data_version(params, data_dir)
-
-

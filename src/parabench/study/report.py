@@ -23,11 +23,12 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from parabench import tracking
+from parabench.common.files import write_text
+from parabench.common.tables import markdown_table
 from parabench.config import ParabenchError, Params
-from parabench.data.fetch import atomic_target
-from parabench.sweep import ModelSweep, mean_std, sweeps_by_model
-from parabench.zoo import get_spec
+from parabench.models.zoo import get_spec
+from parabench.study.sweep import ModelSweep, mean_std, named, sweeps_by_model
+from parabench.tracking import client as tracking
 
 SCORE_METRICS = tracking.SCORE_METRICS
 THROUGHPUT_METRICS = ("eval_samples_per_second", "train_samples_per_second")
@@ -53,10 +54,10 @@ class ReportSettings:
 
     @classmethod
     def from_params(cls, params: Params) -> ReportSettings:
-        raw = params.raw["report"]
+        values = params.report.model_dump()
         return cls(
             **{
-                f.name: params.path(raw[f.name]) if f.type == "Path" else float(raw[f.name])
+                f.name: params.path(values[f.name]) if f.type == "Path" else values[f.name]
                 for f in fields(cls)
             }
         )
@@ -99,7 +100,7 @@ def collapse_reason(run: Run, predictions: pd.DataFrame, settings: ReportSetting
     """Why a run looks stuck at the majority class, or None when it learned something."""
     if predictions["predicted_label"].nunique() == 1:
         return f"every test prediction is {int(predictions['predicted_label'].iloc[0])}"
-    validation = run.data.metrics["validation_accuracy"]
+    validation = run.data.metrics[tracking.VALIDATION_SCORE]
     if abs(validation - settings.majority_rate) <= settings.collapse_margin:
         return (
             f"validation accuracy {validation:.1%} is within {settings.collapse_margin:.1%} "
@@ -203,7 +204,7 @@ def paired_tests(results: list[ModelResult], settings: ReportSettings) -> list[d
     for size_class in class_order(result.sweep.size_class for result in results):
         ranked = sorted(
             (r for r in results if r.sweep.size_class == size_class),
-            key=lambda r: r.sweep.mean("validation_accuracy"),
+            key=lambda r: r.sweep.mean(tracking.VALIDATION_SCORE),
             reverse=True,
         )
         if len(ranked) < 2:
@@ -251,13 +252,27 @@ def parameters_text(count: int) -> str:
     return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
 
 
-TABLE_HEADER = (
-    "| Model | Params | Seeds | Train acc | Train F1 | Val acc | Val F1 | Test acc | Test F1 | Test acc CI | "
-    "Samples/s | Paper test acc | Δ acc | Paper test F1 | Δ F1 |"
+TABLE_COLUMNS = (
+    "Model",
+    "Params",
+    "Seeds",
+    "Train acc",
+    "Train F1",
+    "Val acc",
+    "Val F1",
+    "Test acc",
+    "Test F1",
+    "Test acc CI",
+    "Samples/s",
+    "Paper test acc",
+    "Δ acc",
+    "Paper test F1",
+    "Δ F1",
 )
 
 
-def table_line(row: dict[str, Any]) -> str:
+def table_cells(row: dict[str, Any]) -> list[str]:
+    """One model's cells in the class table."""
     flag = " ⚠" if row["collapsed_seeds"] else ""
     scores = [plus_minus(row[f"{name}_mean"], row[f"{name}_std"]) for name in SCORE_METRICS]
     cells = [
@@ -272,7 +287,12 @@ def table_line(row: dict[str, Any]) -> str:
         number(row["paper_test_f1"]),
         number(row["diff_test_f1"], signed=True),
     ]
-    return "| " + " | ".join(cells) + " |"
+    return cells
+
+
+def table_line(row: dict[str, Any]) -> str:
+    """One model's line of the class table."""
+    return markdown_table(TABLE_COLUMNS, [table_cells(row)])[-1]
 
 
 def significance_line(test: dict[str, Any]) -> str:
@@ -303,8 +323,8 @@ def markdown(report: Report, results: list[ModelResult], settings: ReportSetting
         "",
     ]
     for size_class in class_order(row["size_class"] for row in report.rows):
-        lines += [f"## {size_class}", "", TABLE_HEADER, "|" + "---|" * TABLE_HEADER.count(" | ") + "---|"]
-        lines += [table_line(row) for row in report.rows if row["size_class"] == size_class] + [""]
+        rows = [table_cells(row) for row in report.rows if row["size_class"] == size_class]
+        lines += [f"## {size_class}", "", *markdown_table(TABLE_COLUMNS, rows), ""]
     lines += ["## Paired significance (two best models per class by mean validation accuracy)", ""]
     lines += [significance_line(test) for test in report.tests] or ["- no class has two models"]
     lines += ["", "## Recipes compared (chosen by mean validation accuracy; test only reported)", ""]
@@ -330,16 +350,29 @@ def recipe_rows(sweeps: dict[str, list[ModelSweep]]) -> list[dict[str, Any]]:
             run_params = next(iter(sweep.runs.values())).data.params
             row = {"model": model, "in_tables": position == 0, "seeds": len(sweep.runs)}
             row |= {name: run_params.get(name, MISSING) for name in RECIPE_PARAMS}
-            for metric in ("validation_accuracy", "test_accuracy"):
-                row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(sweep.values(metric))
+            for name, metric in (
+                ("validation_accuracy", tracking.VALIDATION_SCORE),
+                ("test_accuracy", "test_accuracy"),
+            ):
+                row[f"{name}_mean"], row[f"{name}_std"] = mean_std(sweep.values(metric))
             rows.append(row)
     return rows
 
 
 def recipe_lines(rows: list[dict[str, Any]]) -> list[str]:
     """The recipes table of results.md."""
-    header = "| Model | Recipe | lr | Warm-up | Epochs | Best epoch kept | Seeds | Val acc | Test acc |"
-    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    headers = (
+        "Model",
+        "Recipe",
+        "lr",
+        "Warm-up",
+        "Epochs",
+        "Best epoch kept",
+        "Seeds",
+        "Val acc",
+        "Test acc",
+    )
+    table = []
     for row in rows:
         mark = " (tables)" if row["in_tables"] else ""
         cells = [
@@ -353,8 +386,8 @@ def recipe_lines(rows: list[dict[str, Any]]) -> list[str]:
             plus_minus(100 * row["validation_accuracy_mean"], 100 * row["validation_accuracy_std"]),
             plus_minus(100 * row["test_accuracy_mean"], 100 * row["test_accuracy_std"]),
         ]
-        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
-    return lines
+        table.append(cells)
+    return markdown_table(headers, table)
 
 
 def flat_metrics(row: dict[str, Any]) -> dict[str, float]:
@@ -457,13 +490,6 @@ def plot_validation_curves(results: list[ModelResult], path: Path) -> Path:
     return save(figure, path)
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Write a report file atomically, so DVC never sees half of one."""
-    with atomic_target(path) as temp:
-        temp.write_text(text, encoding="utf-8")
-    return path
-
-
 def write_outputs(report: Report, results: list[ModelResult], settings: ReportSettings) -> list[Path]:
     """results.md / .csv / .json and the plots."""
     json_text = json.dumps({row["model"]: flat_metrics(row) for row in report.rows}, indent=2, sort_keys=True)
@@ -491,17 +517,20 @@ def log_report_run(report: Report, settings: ReportSettings) -> str:
 
 
 def build_report(
-    params: Params, models: list[str], data_version: str | None = None, log: Callable[[str], None] = print
+    params: Params,
+    models: list[str] | None = None,
+    data_version: str | None = None,
+    log: Callable[[str], None] = print,
 ) -> Report:
     """Read the sweeps of the models from MLflow and write every output; see the module docstring."""
     settings = ReportSettings.from_params(params)
     all_sweeps = sweeps_by_model(params, models, data_version)
     sweeps = [model_sweeps[0] for model_sweeps in all_sweeps.values()]
     swept = {sweep.model for sweep in sweeps}
-    for model in (m for m in models if m not in swept):
+    for model in (m for m in models or [] if m not in swept):
         log(f"warning: {model} has no FINISHED sweep run on this data version; left out of the report")
     if not sweeps:
-        raise ParabenchError(f"no FINISHED sweep runs of {', '.join(models)}; run `parabench sweep` first")
+        raise ParabenchError(f"no FINISHED sweep runs of {named(models)}; run `parabench sweep` first")
     results = [model_result(sweep, settings) for sweep in sweeps]
     rows = [summary_row(result, settings) for result in results]
     report = Report(

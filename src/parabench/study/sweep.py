@@ -17,11 +17,13 @@ import mlflow
 from mlflow.entities import Run, RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 
-from parabench import tracking
-from parabench.config import ParabenchError, Params
+from parabench.common.files import write_json
+from parabench.config import MAX_SEED, ConfigError, ParabenchError, Params, RunOptions
 from parabench.data.validate import require_validated
-from parabench.run import choose_recipe, recipe_fingerprint, train_and_track, write_metrics_file
-from parabench.zoo import get_spec
+from parabench.models.zoo import get_spec
+from parabench.tracking import client as tracking
+from parabench.training.plan import RunPlan, plan_run
+from parabench.training.run import train_and_track
 
 PARENT_TAG = "sweep"
 PARENT_VALUE = "parent"
@@ -78,7 +80,8 @@ class ModelSweep:
     @property
     def best_seed(self) -> int:
         """The seed whose run has the highest validation accuracy (the lowest seed on a tie)."""
-        return max(self.runs, key=lambda seed: (self.runs[seed].data.metrics["validation_accuracy"], -seed))
+        score = tracking.VALIDATION_SCORE
+        return max(self.runs, key=lambda seed: (self.runs[seed].data.metrics[score], -seed))
 
     def values(self, metric: str, scale: float = 1.0) -> list[float]:
         """The metric of every seed's run, times scale (100 for percent)."""
@@ -94,47 +97,54 @@ def quoted(value: str) -> str:
 
 
 def parse_models(value: str | None, params: Params) -> list[str]:
-    """Zoo keys from a comma list, default params.yaml sweep.models; unknown keys fail before any training."""
-    models = [key.strip() for key in (value or "").split(",") if key.strip()] or list(params.sweep["models"])
-    if not models:
-        raise ParabenchError("no models to sweep: give --models or set sweep.models in params.yaml")
+    """Zoo keys from a comma list (None or 'auto': params.yaml sweep.models); an empty list or an unknown key
+    fails before any training."""
+    if value is None or value.strip().lower() == "auto":
+        return list(params.sweep.models)
+    models = [key.strip() for key in value.split(",")]
+    if not any(models):
+        raise ConfigError(f"--models {value!r} names no model: give a comma list of zoo keys")
+    if not all(models):
+        raise ConfigError(f"--models {value!r} has an empty name between its commas")
     for key in models:
         get_spec(key, params)
     return list(dict.fromkeys(models))
 
 
 def parse_seeds(value: str | None, params: Params) -> list[int]:
-    """A count N (the first N of params.yaml sweep.seeds) or a comma list of seeds ('42,' = seed 42 only)."""
-    configured = [int(seed) for seed in params.sweep["seeds"]]
-    if not value:
+    """A count N (the first N of params.yaml sweep.seeds) or a comma list of seeds ('42,' = seed 42 only);
+    None or 'auto' = all of sweep.seeds."""
+    configured = list(params.sweep.seeds)
+    if value is None or value.strip().lower() == "auto":
         return configured
     try:
         if "," not in value:
             count = int(value)
             if not 1 <= count <= len(configured):
-                raise ParabenchError(
+                raise ConfigError(
                     f"--seeds {count}: params.yaml sweep.seeds lists {len(configured)} seeds; "
                     f"give 1..{len(configured)} or explicit seeds as a comma list (e.g. 7,11 or 7,)"
                 )
             return configured[:count]
-        return list(dict.fromkeys(int(seed) for seed in value.split(",") if seed.strip()))
+        seeds = [int(seed) for seed in value.split(",") if seed.strip()]
     except ValueError as error:
-        raise ParabenchError(f"--seeds must be a count or a comma list of integers, got {value!r}") from error
+        raise ConfigError(f"--seeds must be a count or a comma list of integers, got {value!r}") from error
+    if not seeds:
+        raise ConfigError(f"--seeds {value!r} names no seed")
+    for seed in seeds:
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"--seeds: seed {seed} is outside 0..{MAX_SEED} (what numpy and torch take)")
+    return list(dict.fromkeys(seeds))
 
 
-def identity_for(
-    params: Params,
-    model_key: str,
-    data_version: str,
-    recipe_name: str = "auto",
-    overrides: dict[str, Any] | None = None,
-    max_train_samples: int | None = None,
-) -> Identity:
-    """The identity train_and_track will tag a run of this model with, computed before training."""
-    spec = get_spec(model_key, params)
-    recipe = choose_recipe(params, spec, recipe_name, overrides or {})
-    samples = params.train.max_train_samples if max_train_samples is None else max_train_samples
-    return Identity(spec.key, recipe_fingerprint(params, recipe, samples), data_version)
+def named(models: list[str] | None) -> str:
+    """The models for a message: their keys, or 'any model' when none were named."""
+    return ", ".join(models) if models else "any model"
+
+
+def identity_of(plan: RunPlan) -> Identity:
+    """The identity train_and_track tags a run of this plan with, known before training."""
+    return Identity(plan.spec.key, plan.fingerprint, plan.data_version)
 
 
 def search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
@@ -207,29 +217,22 @@ def sweep_model(
     params: Params,
     client: MlflowClient,
     experiment_id: str,
-    identity: Identity,
-    seeds: list[int],
-    train_options: dict[str, Any],
+    plans: list[RunPlan],
     log: Callable[[str], None],
+    progress: str = "",
 ) -> ModelSweep:
     """Train every seed of one model that has no FINISHED run yet, then log the aggregates on the parent."""
-    spec = get_spec(identity.model, params)
-    with open_parent(client, experiment_id, identity, spec.size_class) as parent:
+    identity = identity_of(plans[0])
+    with open_parent(client, experiment_id, identity, plans[0].spec.size_class) as parent:
         parent_id = parent.info.run_id
         done = seed_runs(client, experiment_id, identity)
-        for seed in seeds:
-            if seed in done:
-                log(f"skip {identity.model} seed {seed}: FINISHED run {done[seed].info.run_id}")
+        for index, plan in enumerate(plans, start=1):
+            where = f"[{progress}seed {index}/{len(plans)}] {identity.model} seed {plan.seed}"
+            if plan.seed in done:
+                log(f"{where}: skipped, FINISHED run {done[plan.seed].info.run_id}")
                 continue
-            train_and_track(
-                params,
-                identity.model,
-                seed,
-                nested=True,
-                log=log,
-                extra_tags={SWEEP_PARENT_TAG: parent_id},
-                **train_options,
-            )
+            log(f"{where}: training")
+            train_and_track(params, plan, log=log, nested=True, extra_tags={SWEEP_PARENT_TAG: parent_id})
         runs = seed_runs(client, experiment_id, identity)
         mlflow.log_metrics(aggregate(runs.values()))
         mlflow.set_tag("seeds", ",".join(map(str, runs)))
@@ -240,34 +243,24 @@ def run_sweep(
     params: Params,
     models: list[str],
     seeds: list[int],
-    recipe_name: str = "auto",
-    overrides: dict[str, Any] | None = None,
-    max_train_samples: int | None = None,
+    options: RunOptions | None = None,
     log: Callable[[str], None] = print,
 ) -> list[ModelSweep]:
     """Sweep the models over the seeds on validated MRPC; returns each model's parent and seed runs."""
+    options = options or RunOptions()
     data_version = require_validated(params)
+    plans = {
+        model: [plan_run(params, options, data_version, model=model, seed=seed) for seed in seeds]
+        for model in models
+    }
     experiment_id = tracking.configure(params)
     client = MlflowClient()
-    train_options = {
-        "recipe_name": recipe_name,
-        "overrides": overrides,
-        "max_train_samples": max_train_samples,
-    }
     with session_run():
         sweeps = [
-            sweep_model(
-                params,
-                client,
-                experiment_id,
-                identity_for(params, model, data_version, **train_options),
-                seeds,
-                train_options,
-                log,
-            )
-            for model in models
+            sweep_model(params, client, experiment_id, model_plans, log, f"model {index}/{len(models)}, ")
+            for index, model_plans in enumerate(plans.values(), start=1)
         ]
-    write_metrics_file(params.path(params.sweep["summary_file"]), summary(sweeps))
+    write_json(params.path(params.sweep.summary_file), summary(sweeps))
     return sweeps
 
 
@@ -284,21 +277,28 @@ def summary(sweeps: list[ModelSweep]) -> dict[str, dict[str, Any]]:
     }
 
 
-def latest_sweeps(params: Params, models: list[str], data_version: str | None = None) -> list[ModelSweep]:
-    """Per model, in the given order, its sweep with a FINISHED seed on one data version (default: that of
-    the newest sweep among the models): the one with the model's default recipe (params.yaml) when there is
-    one, else the newest; models without one there are left out."""
+def latest_sweeps(
+    params: Params, models: list[str] | None = None, data_version: str | None = None
+) -> list[ModelSweep]:
+    """Per model (the given ones, or every model swept), its sweep with a FINISHED seed on one data version
+    (default: that of the newest sweep among the models): the one with the model's default recipe when there
+    is one, else the newest; models without one there are left out."""
     return [sweeps[0] for sweeps in sweeps_by_model(params, models, data_version).values()]
 
 
 def sweeps_by_model(
-    params: Params, models: list[str], data_version: str | None = None
+    params: Params, models: list[str] | None = None, data_version: str | None = None
 ) -> dict[str, list[ModelSweep]]:
-    """Per model (given order), every sweep with a FINISHED seed on one data version: the default recipe's
-    first, then newest first. The data version defaults to that of the newest sweep among the models."""
+    """Per model (given order; None = every model with a sweep, newest first), every sweep with a FINISHED
+    seed on one data version: the default recipe's first, then newest first. The data version defaults to
+    that of the newest sweep among the models."""
     experiment_id = tracking.configure(params)
     client = MlflowClient()
-    parents = [run for run in find_parents(client, experiment_id) if run.data.tags.get("model") in models]
+    parents = [
+        run
+        for run in find_parents(client, experiment_id)
+        if models is None or run.data.tags.get("model") in models
+    ]
     if data_version is None and parents:
         data_version = parents[0].data.tags["data_version"]
     found: dict[str, list[ModelSweep]] = {}
@@ -309,6 +309,15 @@ def sweeps_by_model(
             if runs:
                 found.setdefault(identity.model, []).append(ModelSweep(parent, runs))
     for model, sweeps in found.items():
-        default = identity_for(params, model, data_version).recipe_fingerprint
+        default = default_fingerprint(params, model, data_version)
         sweeps.sort(key=lambda sweep: sweep.identity.recipe_fingerprint != default)  # stable: newest next
-    return {model: found[model] for model in models if model in found}
+    order = models if models is not None else list(found)
+    return {model: found[model] for model in order if model in found}
+
+
+def default_fingerprint(params: Params, model: str, data_version: str) -> str | None:
+    """The fingerprint of the model's default recipe, or None for a model no longer in the zoo."""
+    try:
+        return plan_run(params, RunOptions(), data_version, model=model).fingerprint
+    except ParabenchError:
+        return None

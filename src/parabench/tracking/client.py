@@ -17,19 +17,25 @@ import mlflow
 import torch
 from filelock import FileLock
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 
-from parabench.config import Params
+from parabench.common.processes import process_alive
+from parabench.config import ParabenchError, Params
 
+# Scores of the model the run ends with. The validation scores carry `final_`, since `validation_accuracy` and
+# `validation_f1` are the per-epoch curves (one point per epoch), and with best-epoch selection they differ.
 SCORE_METRICS = (
     "train_accuracy",
     "train_f1",
-    "validation_accuracy",
-    "validation_f1",
+    "final_validation_accuracy",
+    "final_validation_f1",
     "test_accuracy",
     "test_f1",
 )
+VALIDATION_SCORE = "final_validation_accuracy"  # what sweeps, reports and promotions choose by
 FINAL_METRICS = (
     *SCORE_METRICS,
+    "kept_epoch",
     "train_samples_per_second",
     "eval_samples_per_second",
     "num_parameters",
@@ -41,7 +47,7 @@ SQLITE_PREFIX = "sqlite:///"
 
 def tracking_uri(params: Params) -> str:
     """$MLFLOW_TRACKING_URI, else params.yaml's URI, a relative sqlite path anchored at the project root."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow["tracking_uri"]
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
     if uri.startswith(SQLITE_PREFIX) and not uri[len(SQLITE_PREFIX) :].startswith("/"):
         uri = SQLITE_PREFIX + str(params.path(uri[len(SQLITE_PREFIX) :]))
     return uri
@@ -66,15 +72,39 @@ def store_lock(uri: str) -> FileLock | contextlib.nullcontext[None]:
 
 def configure(params: Params) -> str:
     """Point MLflow at the project's tracking store and experiment (ending runs orphaned by a kill -9 on
-    this machine); returns the experiment id."""
+    this machine); returns the experiment id.
+
+    The experiment is, in order: that of the run `mlflow run` launched (MLFLOW_RUN_ID), so a training nests
+    under it in whichever experiment MLflow put it (--experiment-name, --experiment-id or the default one);
+    MLFLOW_EXPERIMENT_NAME; params.yaml mlflow.experiment. (MLFLOW_EXPERIMENT_ID is not read: MLflow itself
+    sets it in every process that picks an experiment, for whatever store that process was using.)
+    """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file is noise
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
-    experiment_name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or params.mlflow["experiment"]
     with store_lock(uri):
-        experiment_id = mlflow.set_experiment(experiment_name).experiment_id
+        experiment_id = launch_experiment_id()
+        if experiment_id is not None:
+            mlflow.set_experiment(experiment_id=experiment_id)
+        else:
+            name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or params.mlflow.experiment
+            experiment_id = mlflow.set_experiment(name).experiment_id
     fail_orphaned_runs(experiment_id)
     return experiment_id
+
+
+def launch_experiment_id() -> str | None:
+    """The experiment of the run `mlflow run` launched this process for (MLFLOW_RUN_ID), else None."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        try:
+            return mlflow.MlflowClient().get_run(run_id).info.experiment_id
+        except MlflowException as error:
+            raise ParabenchError(
+                f"MLFLOW_RUN_ID={run_id} names no run in {mlflow.get_tracking_uri()}: "
+                f"{str(error).strip().splitlines()[0]}"
+            ) from error
+    return None
 
 
 def ui_hint(params: Params, experiment_id: str, run_id: str) -> str:
@@ -87,17 +117,6 @@ def ui_hint(params: Params, experiment_id: str, run_id: str) -> str:
 
 
 PID_TAG, HOST_TAG = "parabench.pid", "parabench.host"
-
-
-def process_alive(pid: int) -> bool:
-    """True when a process with this id exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def fail_orphaned_runs(experiment_id: str) -> list[str]:
@@ -189,14 +208,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def hardware() -> dict[str, str]:
-    """What ran the numbers: CPU model, GPU name, torch threads, device."""
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+def hardware(model: torch.nn.Module | None = None) -> dict[str, str]:
+    """Where the numbers were made: the device the model's weights are on (CPU unless moved), its name,
+    the CPU model, torch threads and version."""
+    device = next(model.parameters()).device if model is not None else torch.device("cpu")
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
     return {
         "hardware_cpu": cpu_model(),
         "hardware_gpu": gpu,
         "hardware_threads": str(torch.get_num_threads()),
-        "hardware_device": "cuda" if torch.cuda.is_available() else "cpu",
+        "hardware_device": device.type,
         "torch_version": torch.__version__,
     }
 
@@ -210,12 +231,12 @@ def log_epoch(epoch: int, values: dict[str, float]) -> None:
     mlflow.log_metrics(values, step=epoch)
 
 
-def log_final_metrics(values: dict[str, float], step: int) -> None:
-    """Log the end-of-run metrics at the last epoch's step, so per-epoch curves end where the run ended."""
+def log_final_metrics(values: dict[str, float]) -> None:
+    """Log the end-of-run metrics once, under names of their own (no per-epoch curve shares them)."""
     missing = [name for name in FINAL_METRICS if name not in values]
     if missing:
         raise ValueError(f"final metrics missing: {missing}")
-    mlflow.log_metrics({name: float(values[name]) for name in FINAL_METRICS}, step=step)
+    mlflow.log_metrics({name: float(values[name]) for name in FINAL_METRICS})
 
 
 def log_json(values: dict[str, Any], artifact_file: str) -> None:

@@ -58,7 +58,7 @@ class ParaphraseModel(mlflow.pyfunc.PythonModel):
 
         weights = context.artifacts[WEIGHTS_ARTIFACT]
         self.tokenizer = AutoTokenizer.from_pretrained(weights)
-        from parabench.inference import prepare_for_inference
+        from parabench.models.inference import prepare_for_inference
 
         model = AutoModelForSequenceClassification.from_pretrained(weights)
         self.model = prepare_for_inference(
@@ -68,7 +68,7 @@ class ParaphraseModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        from parabench.train import encode_pairs, predict
+        from parabench.models.inference import encode_pairs, predict
 
         pairs = check_pairs(model_input)
         encoded = encode_pairs(

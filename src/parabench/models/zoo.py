@@ -5,13 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
-import threading
-import urllib.error
-import urllib.request
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +13,16 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from parabench.config import LoraParams, ParabenchError, Params
-from parabench.embedded import embedded_installed, embedded_path, is_model_folder
+from parabench.models.embedded import embedded_installed, embedded_path, is_model_folder
+from parabench.models.hub import (
+    LABELS,
+    cached_snapshot,
+    hub_endpoint,
+    hub_offline,
+    hub_reachable,
+    quiet_transformers,
+)
+from parabench.models.tiny import build_tiny
 
 if TYPE_CHECKING:
     import torch
@@ -30,8 +33,6 @@ TINY_PREFIX = "tiny:"
 EMBEDDED_PREFIX = "embedded:"
 SIZE_CLASSES = ("small", "regular", "large")
 CUSTOM_SIZE_CLASS = "custom"
-LABELS = {0: "not_paraphrase", 1: "paraphrase"}
-TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 
 
 @dataclass(frozen=True)
@@ -116,14 +117,27 @@ def local_spec(key: str, folder: Path) -> ModelSpec:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ParabenchError(f"{folder} is not a model folder: it has no config.json")
-    family = json.loads(config_file.read_text(encoding="utf-8")).get("model_type", "unknown")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        reason = " ".join(str(error).split())
+        raise ParabenchError(f"{config_file} is not a readable model config (JSON): {reason}") from error
+    if not isinstance(config, dict):
+        raise ParabenchError(f"{config_file} is not a model config: expected a JSON object")
+    family = str(config.get("model_type", "unknown"))
     source = str(folder.resolve())
     for spec in load_zoo().values():
         if spec.hub_id and spec.hub_id.split("/")[-1] == folder.name and spec.family == family:
             return dataclasses.replace(spec, key=key, source=source)
     defaults = families().get(family, {"size_class": CUSTOM_SIZE_CLASS})
-    return ModelSpec(key=key, source=source, family=family, size_class=defaults["size_class"],
-                     recipe=defaults.get("recipe"), lora=bool(defaults.get("lora", False)))
+    return ModelSpec(
+        key=key,
+        source=source,
+        family=family,
+        size_class=defaults["size_class"],
+        recipe=defaults.get("recipe"),
+        lora=bool(defaults.get("lora", False)),
+    )
 
 
 def get_spec(key: str, params: Params | None = None) -> ModelSpec:
@@ -136,68 +150,6 @@ def get_spec(key: str, params: Params | None = None) -> ModelSpec:
     if folder.is_dir():
         return local_spec(key, folder)
     raise ParabenchError(f"unknown model '{key}'; `parabench models` lists the zoo")
-
-
-# ------------------------------------------------------------------------------------------ the HF Hub
-
-
-def env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in TRUE_VALUES
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set now or was set when huggingface_hub was imported."""
-    from huggingface_hub import constants
-
-    return env_true("HF_HUB_OFFLINE") or env_true("TRANSFORMERS_OFFLINE") or constants.HF_HUB_OFFLINE
-
-
-def hub_endpoint() -> str:
-    """The Hub address: $HF_ENDPOINT, else huggingface_hub's (https://huggingface.co)."""
-    from huggingface_hub import constants
-
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
-def hub_cache_dir() -> Path:
-    """The local Hub cache as the environment names it now ($HF_HUB_CACHE, $HF_HOME/hub, or the default)."""
-    from huggingface_hub import constants
-
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    return Path(constants.HF_HUB_CACHE)
-
-
-def cached_snapshot(repo_id: str) -> Path | None:
-    """The cached snapshot folder of a Hub model when it holds config and weights; no network."""
-    from huggingface_hub import try_to_load_from_cache
-
-    config = try_to_load_from_cache(repo_id, "config.json", cache_dir=hub_cache_dir())
-    if not isinstance(config, str):
-        return None
-    folder = Path(config).parent
-    return folder if is_model_folder(folder) else None
-
-
-def hub_reachable(endpoint: str, timeout_s: float) -> bool:
-    """True when the Hub answers an HTTP HEAD within timeout_s (DNS included: the probe runs in a thread)."""
-    answered: list[bool] = []
-
-    def probe() -> None:
-        try:
-            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s).close()
-            answered.append(True)
-        except urllib.error.HTTPError as error:  # it answered, maybe with 4xx
-            answered.append(error.code < 500)
-        except (OSError, ValueError):
-            answered.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True, name="parabench-hub-probe")
-    thread.start()
-    thread.join(timeout_s)
-    return bool(answered and answered[0])
 
 
 def unreachable_error(spec: ModelSpec, endpoint: str) -> ParabenchError:
@@ -217,8 +169,6 @@ def resolve_weights(spec: ModelSpec, params: Params) -> Path | str:
     """Where from_pretrained should load the model from: a local folder, or the Hub id when the Hub answers.
     Tiny models are built on first use; a Hub model not cached and not reachable fails within seconds."""
     if spec.is_tiny:
-        from parabench.tiny import build_tiny
-
         return build_tiny(spec, params)
     if spec.is_embedded:
         return embedded_path(spec.embedded_name or "")
@@ -229,7 +179,7 @@ def resolve_weights(spec: ModelSpec, params: Params) -> Path | str:
     if cached is not None:
         return cached
     endpoint = hub_endpoint()
-    if not hub_offline() and hub_reachable(endpoint, float(params.hub["reachability_timeout_s"])):
+    if not hub_offline() and hub_reachable(endpoint, params.hub.reachability_timeout_s):
         return spec.hub_id
     raise unreachable_error(spec, endpoint)
 
@@ -245,22 +195,6 @@ def available_locally(spec: ModelSpec, params: Params) -> bool:
     return cached_snapshot(spec.hub_id or "") is not None
 
 
-@contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' loading report and progress bars (e.g. the newly initialised classifier)."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def label_names(num_labels: int) -> dict[int, str]:
     return LABELS if num_labels == len(LABELS) else {index: f"LABEL_{index}" for index in range(num_labels)}
 
@@ -269,8 +203,13 @@ def add_lora(model: PreTrainedModel, lora: LoraParams) -> PreTrainedModel:
     """Wrap the model with LoRA adapters as params.yaml `lora:` says (the classifier head stays trainable)."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(task_type=lora.task_type, r=lora.r, lora_alpha=lora.lora_alpha,
-                        lora_dropout=lora.lora_dropout, bias=lora.bias)
+    config = LoraConfig(
+        task_type=lora.task_type,
+        r=lora.r,
+        lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
+        bias=lora.bias,
+    )
     with warnings.catch_warnings():  # peft still calls transformers' deprecated is_gradient_checkpointing
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(model, config)
@@ -290,10 +229,14 @@ def load_tokenizer_and_model(
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
             model = AutoModelForSequenceClassification.from_pretrained(
-                location, trust_remote_code=False, num_labels=num_labels, id2label=id2label,
-                label2id={name: index for index, name in id2label.items()}, ignore_mismatched_sizes=True,
+                location,
+                trust_remote_code=False,
+                num_labels=num_labels,
+                id2label=id2label,
+                label2id={name: index for index, name in id2label.items()},
+                ignore_mismatched_sizes=True,
             )
-    except OSError as error:
+    except Exception as error:  # a broken folder raises OSError, ValueError, validation errors, …
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ParabenchError(f"cannot load model '{spec.key}' from {location}: {first_line}") from error
     if tokenizer.pad_token is None:  # Llama ships without one: pad with eos
@@ -349,9 +292,18 @@ def cell(value: Any) -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Rows as aligned text columns."""
-    headers = {"key": "model", "family": "family", "size_class": "size", "recipe": "recipe",
-               "source": "source", "paper_test_accuracy": "paper test acc", "available": "local"}
+    headers = {
+        "key": "model",
+        "family": "family",
+        "size_class": "size",
+        "recipe": "recipe",
+        "source": "source",
+        "paper_test_accuracy": "paper test acc",
+        "available": "local",
+    }
     cells = [list(headers.values())] + [[cell(row[key]) for key in headers] for row in rows]
     widths = [max(len(line[column]) for line in cells) for column in range(len(headers))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-                     for line in cells)
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in cells
+    )

@@ -22,24 +22,24 @@ import torch
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
-from parabench import tracking
-from parabench.config import Params
+from parabench.common.files import write_json
+from parabench.common.tables import markdown_table
+from parabench.config import Params, RunOptions
 from parabench.data.prepare import load_frames
 from parabench.data.validate import require_validated
-from parabench.inference import INFERENCE_PATHS, prepare_for_inference
-from parabench.metrics import classification_metrics
-from parabench.run import choose_recipe, write_metrics_file
-from parabench.tracking import cpu_model
-from parabench.train import (
+from parabench.models.inference import (
+    INFERENCE_PATHS,
     EncodedSplit,
-    build_optimizer,
     encode_frame,
-    length_grouped_batches,
     predict,
-    set_seed,
-    train_steps,
+    prepare_for_inference,
 )
-from parabench.zoo import get_spec, load_tokenizer_and_model, merge_lora, resolve_weights
+from parabench.models.zoo import get_spec, load_tokenizer_and_model, merge_lora, resolve_weights
+from parabench.tracking import client as tracking
+from parabench.tracking.client import cpu_model
+from parabench.training.engine import build_optimizer, length_grouped_batches, set_seed, train_steps
+from parabench.training.metrics import classification_metrics
+from parabench.training.plan import plan_run
 
 BASELINE = "trainer_pad128"
 
@@ -226,22 +226,21 @@ def bench(
     params: Params, model_key: str, run_id: str | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Measure every path side by side; print the table, write reports/bench.json, log to MLflow."""
-    settings = params.raw["bench"]
-    require_validated(params)
+    settings = params.bench
+    plan = plan_run(params, RunOptions(), require_validated(params), model=model_key)
     experiment_id = tracking.configure(params)
     tokenizer, model, source = load_bench_model(
         params, model_key, run_id or latest_run_id(experiment_id, model_key)
     )
-    spec = get_spec(model_key, params)
-    recipe = choose_recipe(params, spec, "auto", {})
+    recipe = plan.recipe
     frames = load_frames(params.path(params.data.processed_dir))
-    frame = frames["validation"].head(settings["eval_samples"] or None)
-    train_frame = frames["train"].head(settings["train_steps"] * recipe.batch_size)
-    split = encode_frame(tokenizer, frame, params.train.max_length)
-    train_split = encode_frame(tokenizer, train_frame, params.train.max_length)
-    roofline = detect_roofline(settings["assumed_fma_units"])
+    frame = frames["validation"].head(settings.eval_samples)
+    train_frame = frames["train"].head(settings.train_steps * recipe.batch_size)
+    split = encode_frame(tokenizer, frame, plan.max_length)
+    train_split = encode_frame(tokenizer, train_frame, plan.max_length)
+    roofline = detect_roofline(settings.assumed_fma_units)
     flops = forward_flops(model, split.lengths)
-    batch_size, passes, pad = params.train.eval_batch_size, settings["passes"], tokenizer.pad_token_id
+    batch_size, passes, pad = params.train.eval_batch_size, settings.passes, tokenizer.pad_token_id
     log(f"bench {model_key}: {source}; {len(frame)} validation pairs, {passes} timed passes after a warm-up")
     log(roofline.describe())
 
@@ -260,7 +259,7 @@ def bench(
 
     results: list[PathResult] = []
     for pad_to_max, name in ((True, BASELINE), (False, "trainer_dynamic")):
-        dataset = trainer_dataset(tokenizer, frame, params.train.max_length, pad_to_max)
+        dataset = trainer_dataset(tokenizer, frame, plan.max_length, pad_to_max)
         rate, probabilities = median_rate(
             trainer_probabilities(model, tokenizer, dataset, batch_size, pad_to_max), len(frame), passes
         )
@@ -270,10 +269,10 @@ def bench(
         rate, output = median_rate(lambda m=prepared: predict(m, split, batch_size, pad), len(frame), passes)
         peak = roofline.fp32_peak if path == "fp32" else roofline.int8_peak
         results.append(scored(f"parabench_{path}", "inference", rate, output.probabilities, peak))
-    steps, samples = settings["train_steps"], settings["train_steps"] * recipe.batch_size
+    steps, samples = settings.train_steps, settings.train_steps * recipe.batch_size
     for pad_to_max, name in ((True, f"train_{BASELINE}"), (False, "train_trainer_dynamic")):
         set_seed(0)
-        dataset = trainer_dataset(tokenizer, train_frame, params.train.max_length, pad_to_max)
+        dataset = trainer_dataset(tokenizer, train_frame, plan.max_length, pad_to_max)
         rate, _ = median_rate(
             trainer_training(
                 copy.deepcopy(model), tokenizer, dataset, recipe.batch_size, steps, pad_to_max, recipe
@@ -306,7 +305,7 @@ def summarize(
     """Print the table, write reports/bench.json, log the run to MLflow; returns the JSON document."""
     results = with_speedups(results)
     by_path = {r.path: r for r in results}
-    default = by_path[f"parabench_{params.raw['inference']['path']}"]
+    default = by_path[f"parabench_{params.inference.path}"]
     baseline = by_path[BASELINE]
     document = {
         "model": model_key,
@@ -323,7 +322,7 @@ def summarize(
         "paths": [asdict(r) for r in results],
     }
     log(format_table(results))
-    write_metrics_file(params.path(params.raw["bench"]["output"]), document)
+    write_json(params.path(params.bench.output), document)
     tracking.configure(params)
     with tracking.tracked_run(run_name=f"bench-{model_key}", tags={"bench": "true", "model": model_key}):
         tracking.log_params({"bench_model": model_key, "bench_weights": source, **tracking.hardware()})
@@ -344,15 +343,17 @@ def summarize(
 
 def format_table(results: list[PathResult]) -> str:
     """The benchmark as a Markdown table."""
-    lines = [
-        "| path | kind | samples/s | × baseline | val acc | val F1 | roofline |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        acc = "" if r.accuracy is None else f"{100 * r.accuracy:.2f}"
-        f1 = "" if r.f1 is None else f"{100 * r.f1:.2f}"
-        lines.append(
-            f"| {r.path} | {r.kind} | {r.samples_per_second:.1f} | {r.speedup:.2f} | {acc} | {f1} | "
-            f"{100 * r.roofline_fraction:.1f}% |"
+    headers = ("path", "kind", "samples/s", "× baseline", "val acc", "val F1", "roofline")
+    rows = [
+        (
+            r.path,
+            r.kind,
+            f"{r.samples_per_second:.1f}",
+            f"{r.speedup:.2f}",
+            "" if r.accuracy is None else f"{100 * r.accuracy:.2f}",
+            "" if r.f1 is None else f"{100 * r.f1:.2f}",
+            f"{100 * r.roofline_fraction:.1f}%",
         )
-    return "\n".join(lines)
+        for r in results
+    ]
+    return "\n".join(markdown_table(headers, rows))

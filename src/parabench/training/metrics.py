@@ -27,7 +27,7 @@ def local_metrics(references: Sequence[int], predictions: Sequence[int]) -> dict
 @functools.cache
 def evaluate_metrics() -> MetricFn | None:
     """evaluate's `accuracy` + `f1` combined, or None when the scripts cannot load (offline, no cache)."""
-    from parabench.zoo import hub_endpoint, hub_offline, hub_reachable
+    from parabench.models.hub import hub_endpoint, hub_offline, hub_reachable
 
     if hub_offline() or not hub_reachable(hub_endpoint(), HUB_TIMEOUT_S):
         return None

@@ -23,10 +23,11 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from parabench.common.files import write_json
 from parabench.config import ParabenchError, Params
-from parabench.report import class_order
-from parabench.run import write_metrics_file
-from parabench.sweep import ModelSweep, latest_sweeps, mean_std
+from parabench.study.report import class_order
+from parabench.study.sweep import ModelSweep, latest_sweeps, mean_std, named
+from parabench.tracking import client as tracking
 
 MODEL_ARTIFACT = "model"
 
@@ -43,11 +44,11 @@ class Candidate:
 
     @property
     def mean_validation(self) -> float:
-        return self.sweep.mean("validation_accuracy")
+        return self.sweep.mean(tracking.VALIDATION_SCORE)
 
     def tags(self) -> dict[str, str]:
         """Why this version was promoted, recorded on the model version."""
-        validation_mean, validation_std = mean_std(self.sweep.values("validation_accuracy"))
+        validation_mean, validation_std = mean_std(self.sweep.values(tracking.VALIDATION_SCORE))
         best = self.sweep.runs[self.sweep.best_seed].data.metrics
         return {
             "model": self.sweep.model,
@@ -59,7 +60,7 @@ class Candidate:
             "n_seeds": str(len(self.sweep.runs)),
             "mean_validation_accuracy": f"{validation_mean:.6f}",
             "std_validation_accuracy": f"{validation_std:.6f}",
-            "validation_accuracy": f"{best['validation_accuracy']:.6f}",
+            "validation_accuracy": f"{best[tracking.VALIDATION_SCORE]:.6f}",
             "test_accuracy": f"{best['test_accuracy']:.6f}",
             "mean_test_accuracy": f"{self.sweep.mean('test_accuracy'):.6f}",
         }
@@ -171,26 +172,29 @@ def registry_lock(uri: str) -> FileLock:
 
 
 def promote(
-    params: Params, models: list[str], data_version: str | None = None, log: Callable[[str], None] = print
+    params: Params,
+    models: list[str] | None = None,
+    data_version: str | None = None,
+    log: Callable[[str], None] = print,
 ) -> list[str]:
     """Promote the best model of each size class; write the registry state (params.yaml promote.state_file)
     and return it as text."""
-    settings = params.raw["promote"]
+    settings = params.promote
     found = candidates(latest_sweeps(params, models, data_version))
     if not found:
-        raise ParabenchError(f"no FINISHED sweep runs of {', '.join(models)}; run `parabench sweep` first")
+        raise ParabenchError(f"no FINISHED sweep runs of {named(models)}; run `parabench sweep` first")
     client = MlflowClient()
     lock = registry_lock(mlflow.get_tracking_uri())
     try:
-        with lock.acquire(timeout=float(settings["lock_timeout_s"])):
+        with lock.acquire(timeout=settings.lock_timeout_s):
             for size_class, candidate in found.items():
-                name = f"{settings['name_prefix']}{size_class}"
-                log(promote_class(client, name, candidate, settings["aliases"]))
+                name = f"{settings.name_prefix}{size_class}"
+                log(promote_class(client, name, candidate, settings.aliases.model_dump()))
     except Timeout as error:
         raise ParabenchError(
-            f"another `parabench promote` has held {lock.lock_file} for over {settings['lock_timeout_s']} s; "
+            f"another `parabench promote` has held {lock.lock_file} for over {settings.lock_timeout_s} s; "
             "try again when it has finished"
         ) from error
-    state = registry_state(client, settings["name_prefix"])
-    write_metrics_file(params.path(settings["state_file"]), state)
+    state = registry_state(client, settings.name_prefix)
+    write_json(params.path(settings.state_file), state)
     return state_lines(state)

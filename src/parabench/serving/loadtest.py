@@ -12,7 +12,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -27,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from parabench.common.files import write_json
+from parabench.common.processes import free_port, http_ok
 from parabench.config import ParabenchError, Params
-from parabench.predict import serve_command
-from parabench.run import write_metrics_file
-from parabench.tracking_server import http_ok
+from parabench.serving.predict import serve_command
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 PAIR = {"sentence1": "The cat sat on the mat.", "sentence2": "A cat was sitting on the mat."}
@@ -142,13 +141,6 @@ def load(
     }
 
 
-def free_port(host: str) -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serving(params: Params, model_uri: str, log_file: Path, start_timeout_s: float) -> Iterator[str]:
     """`mlflow models serve` of the model on a free 127.0.0.1 port while inside; yields its URL."""
@@ -178,21 +170,21 @@ def run_loadtest(
     params: Params, model_uri: str | None, url: str | None, requests: int | None, concurrency: int | None
 ) -> dict[str, Any]:
     """Load-test a running server (url) or one started for the model; params.yaml `loadtest:` fills in."""
-    settings = params.raw["loadtest"]
+    settings = params.loadtest
     options = {
-        "requests": requests or int(settings["requests"]),
-        "concurrency": concurrency or int(settings["concurrency"]),
-        "valid_fraction": float(settings["valid_fraction"]),
-        "timeout": float(settings["request_timeout_s"]),
+        "requests": requests or settings.requests,
+        "concurrency": concurrency or settings.concurrency,
+        "valid_fraction": settings.valid_fraction,
+        "timeout": settings.request_timeout_s,
     }
-    report_file = params.path(settings["report_file"])
+    report_file = params.path(settings.report_file)
     if url:
         summary = load(url, **options)
     else:
-        model_uri = model_uri or params.raw["serve"]["model_uri"]
+        model_uri = model_uri or params.serve.model_uri
         log_file = report_file.with_name("loadtest-server.log")
-        with serving(params, model_uri, log_file, float(settings["server_start_timeout_s"])) as served:
+        with serving(params, model_uri, log_file, settings.server_start_timeout_s) as served:
             summary = load(served, **options)
         summary["model_uri"] = model_uri
-    write_metrics_file(report_file, summary)
+    write_json(report_file, summary)
     return summary | {"report_file": str(report_file)}

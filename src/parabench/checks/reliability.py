@@ -21,11 +21,13 @@ from typing import Any
 import yaml
 from mlflow.tracking import MlflowClient
 
-from parabench import tracking_server
+from parabench.common.files import write_json, write_text
+from parabench.common.processes import free_port
+from parabench.common.tables import markdown_table
 from parabench.config import PARAMS_ENV, ParabenchError, Params, load_params
-from parabench.loadtest import free_port, load, serving
-from parabench.run import write_metrics_file
-from parabench.tracking import EPOCH_METRICS, FINAL_METRICS
+from parabench.serving.loadtest import load, serving
+from parabench.tracking import server as tracking_server
+from parabench.tracking.client import EPOCH_METRICS, FINAL_METRICS
 
 PARABENCH = str(Path(sys.executable).parent / "parabench")
 
@@ -186,7 +188,7 @@ def copy_project(params: Params, folder: Path, server_dir: Path) -> Path:
         "mlflow_port": free_port(raw["tracking_server"]["host"]),
     }
     raw["mlflow"]["tracking_uri"] = "sqlite:///mlflow.db"
-    raw["train"]["max_eval_samples"] = params.raw["reliability"]["max_eval_samples"]
+    raw["train"]["max_eval_samples"] = params.reliability.max_eval_samples
     params_file = folder / "params.yaml"
     params_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return params_file
@@ -194,7 +196,7 @@ def copy_project(params: Params, folder: Path, server_dir: Path) -> Path:
 
 def run_all(params: Params, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every scenario at full size in a copy of the project; the report, also written under reports/."""
-    settings = params.raw["reliability"]
+    settings = params.reliability.model_dump(mode="json")
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="parabench-reliability-") as work:
         folder = Path(work)
@@ -237,24 +239,22 @@ def run_all(params: Params, log: Callable[[str], None] = print) -> dict[str, Any
                 check=True,
                 capture_output=True,
             )
-            report["concurrent_promotes"] = concurrent_promotes(
-                sweep_env, models, copy.raw["promote"]["name_prefix"]
-            )
+            report["concurrent_promotes"] = concurrent_promotes(sweep_env, models, copy.promote.name_prefix)
             log("load test of the served champion ...")
-            loadtest = params.raw["loadtest"]
+            loadtest = params.loadtest
             os.environ["MLFLOW_TRACKING_URI"] = state["tracking_uri"]
             with serving(
                 copy,
-                copy.raw["serve"]["model_uri"],
+                copy.serve.model_uri,
                 folder / "serve.log",
-                float(loadtest["server_start_timeout_s"]),
+                loadtest.server_start_timeout_s,
             ) as url:
                 report["loadtest"] = load(
                     url,
-                    int(loadtest["requests"]),
-                    int(loadtest["concurrency"]),
-                    float(loadtest["valid_fraction"]),
-                    float(loadtest["request_timeout_s"]),
+                    loadtest.requests,
+                    loadtest.concurrency,
+                    loadtest.valid_fraction,
+                    loadtest.request_timeout_s,
                 )
             log("tampered data ...")
             report["tampered_data"] = tampered_training(
@@ -263,8 +263,8 @@ def run_all(params: Params, log: Callable[[str], None] = print) -> dict[str, Any
         finally:
             tracking_server.stop(copy)
     report_file = params.path(settings["report_dir"]) / "report.json"
-    write_metrics_file(report_file, report)
-    (report_file.with_suffix(".md")).write_text(as_markdown(report), encoding="utf-8")
+    write_json(report_file, report)
+    write_text(report_file.with_suffix(".md"), as_markdown(report))
     return report
 
 
@@ -272,10 +272,10 @@ def as_markdown(report: dict[str, Any]) -> str:
     """The report as one table per scenario."""
     lines = ["# Reliability scenarios", ""]
     for scenario, values in report.items():
-        lines += [f"## {scenario.replace('_', ' ')}", "", "| measure | value |", "| --- | --- |"]
-        lines += [
-            f"| {key} | {json.dumps(value) if isinstance(value, dict | list) else value} |"
+        rows = [
+            (key, json.dumps(value) if isinstance(value, dict | list) else value)
             for key, value in values.items()
         ]
+        lines += [f"## {scenario.replace('_', ' ')}", "", *markdown_table(("measure", "value"), rows)]
         lines.append("")
     return "\n".join(lines)

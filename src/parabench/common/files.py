@@ -1,0 +1,39 @@
+"""The one way parabench writes a file: to a temp file beside the target, then renamed over it, so DVC, a
+reader or a crash never sees half a file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_target(target: Path) -> Iterator[Path]:
+    """A temp path beside `target` to write; it replaces `target` only if the block ends without error."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(fd)
+    temp = Path(temp_name)
+    try:
+        yield temp
+        os.chmod(temp, 0o644)
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write text atomically; returns the path."""
+    with atomic_target(path) as temp:
+        temp.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_json(path: Path, document: Any) -> Path:
+    """Write JSON atomically: indented, keys sorted, a trailing newline; non-JSON values as text."""
+    return write_text(path, json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")

@@ -1,0 +1,169 @@
+"""How a model runs inference: pairs tokenized once, length-sorted dynamically padded batches, and the
+numeric path: fp32, or int8 weights (dynamic quantization) on all or some layers.
+
+The path is chosen in params.yaml (`inference.path`); training, evaluation, serving and the benchmark use it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from parabench.common.progress import progress
+
+# Linear layers kept in fp32 by the *_ffn paths: attention projections and the classification head, which
+# int8 error hurts most; the feed-forward blocks (two thirds of an encoder layer's FLOPs) go int8.
+SENSITIVE_LINEAR = re.compile(
+    r"attention|attn|query|key|value|classifier|score|pooler|out_proj|q_proj|k_proj|v_proj"
+)
+INFERENCE_PATHS = {
+    "fp32": None,
+    "int8_dynamic": (default_dynamic_qconfig, False),
+    "int8_per_channel": (per_channel_dynamic_qconfig, False),
+    "int8_ffn_per_channel": (per_channel_dynamic_qconfig, True),
+}
+
+
+def check_path(path: str) -> str:
+    """The path itself, or a ValueError listing the known ones."""
+    if path not in INFERENCE_PATHS:
+        raise ValueError(f"unknown inference path '{path}'; known: {', '.join(INFERENCE_PATHS)}")
+    return path
+
+
+def prepare_for_inference(model: torch.nn.Module, path: str) -> torch.nn.Module:
+    """The model in eval mode, with its Linear layers quantized to int8 as the path says (a new module)."""
+    model.eval()
+    choice = INFERENCE_PATHS[check_path(path)]
+    if choice is None:
+        return model
+    qconfig, feed_forward_only = choice
+    layers = {
+        name: qconfig
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and not (feed_forward_only and SENSITIVE_LINEAR.search(name))
+    }
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantize.*deprecated", category=UserWarning)
+        return quantize_dynamic(model, layers, dtype=torch.qint8, inplace=False)
+
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EncodedSplit:
+    """A split tokenized once: token ids per pair (unpadded) and labels."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self))
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per-pair paraphrase probabilities and predicted labels, with the time inference took."""
+
+    probabilities: np.ndarray
+    seconds: float
+
+    @property
+    def labels(self) -> np.ndarray:
+        return (self.probabilities >= 0.5).astype(np.int64)
+
+    @property
+    def samples_per_second(self) -> float:
+        return len(self.probabilities) / self.seconds if self.seconds else 0.0
+
+
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    sentence1: list[str],
+    sentence2: list[str],
+    max_length: int,
+    labels: np.ndarray | None = None,
+) -> EncodedSplit:
+    """Tokenize sentence pairs together (both sentences always reach the model), truncating to max_length."""
+    encoded = tokenizer(list(sentence1), list(sentence2), truncation=True, max_length=max_length)
+    token_types = encoded.get("token_type_ids")
+    labels = (
+        np.zeros(len(sentence1), dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    )
+    return EncodedSplit(encoded["input_ids"], token_types, labels)
+
+
+def encode_frame(tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame, max_length: int) -> EncodedSplit:
+    """Tokenize a GLUE-schema DataFrame (sentence1, sentence2, label)."""
+    return encode_pairs(
+        tokenizer,
+        frame["sentence1"].tolist(),
+        frame["sentence2"].tolist(),
+        max_length,
+        frame["label"].to_numpy(),
+    )
+
+
+def collate(split: EncodedSplit, indices: np.ndarray, pad_token_id: int) -> Batch:
+    """Pad the chosen pairs to the longest among them (dynamic padding)."""
+    width = max(len(split.input_ids[i]) for i in indices)
+    input_ids = torch.full((len(indices), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
+    token_type_ids = torch.zeros((len(indices), width), dtype=torch.long) if split.token_type_ids else None
+    for row, index in enumerate(indices):
+        ids = split.input_ids[index]
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        if token_type_ids is not None:
+            token_type_ids[row, : len(ids)] = torch.tensor(split.token_type_ids[index])
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": torch.from_numpy(split.labels[indices]),
+    }
+    if token_type_ids is not None:
+        batch["token_type_ids"] = token_type_ids
+    return batch
+
+
+def sorted_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Batches in order of length, for inference: the least padding possible."""
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def model_inputs(model: PreTrainedModel, batch: Batch) -> Batch:
+    """Drop token_type_ids for models whose forward() has none (RoBERTa-like with type vocab 1, BART, …)."""
+    accepts_types = getattr(model.config, "type_vocab_size", 0) > 1
+    return {k: v for k, v in batch.items() if k != "token_type_ids" or accepts_types}
+
+
+def predict(model: PreTrainedModel, split: EncodedSplit, batch_size: int, pad_token_id: int) -> Predictions:
+    """Paraphrase probability for every pair: inference mode, length-sorted batches, dynamic padding."""
+    model.eval()
+    probabilities = np.empty(len(split), dtype=np.float64)
+    started = time.perf_counter()
+    with torch.inference_mode(), progress(len(split), "evaluating") as bar:
+        for indices in sorted_batches(split.lengths, batch_size):
+            batch = model_inputs(model, collate(split, indices, pad_token_id))
+            batch.pop("labels")
+            logits = model(**batch).logits.float()
+            probabilities[indices] = torch.softmax(logits, dim=-1)[:, 1].numpy()
+            bar.update(len(indices))
+    return Predictions(probabilities, time.perf_counter() - started)

@@ -1,0 +1,124 @@
+"""The resolved, frozen description of one training run, built once from params.yaml and the user's options.
+
+`train`, `sweep` (its skip/resume identity), `bench` and the logged params and tags all read this one object,
+so what a run is, what it is called and what it logs cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from parabench.config import ConfigError, Params, Recipe, RunOptions
+from parabench.models.zoo import ModelSpec, get_spec
+
+FIELD_DEFAULTS = {
+    name: field.default for name, field in Recipe.model_fields.items() if not field.is_required()
+}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run: which model, seed, recipe (after overrides), data and sample caps, inference path."""
+
+    spec: ModelSpec
+    seed: int
+    recipe_name: str
+    recipe: Recipe
+    max_train_samples: int | None
+    max_eval_samples: int | None
+    max_length: int
+    eval_batch_size: int
+    inference_path: str
+    data_version: str
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of everything that shapes a run besides model, seed and data: equal runs share it.
+        Recipe fields at their default are left out, so adding a field keeps earlier runs' fingerprints."""
+        values: dict[str, Any] = {
+            name: value
+            for name, value in self.recipe.model_dump().items()
+            if name not in FIELD_DEFAULTS or FIELD_DEFAULTS[name] != value
+        }
+        values |= {"max_train_samples": self.max_train_samples or 0, "max_length": self.max_length}
+        if self.max_eval_samples is not None:
+            values["max_eval_samples"] = self.max_eval_samples
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.spec.key}-seed{self.seed}"
+
+    def tags(self) -> dict[str, str]:
+        """What identifies the run in searches: model, class, family, seed, data version, fingerprint."""
+        return {
+            "model": self.spec.key,
+            "size_class": self.spec.size_class,
+            "family": self.spec.family,
+            "seed": str(self.seed),
+            "data_version": self.data_version,
+            "recipe_fingerprint": self.fingerprint,
+        }
+
+    def logged_params(self) -> dict[str, Any]:
+        """The run's parameters as MLflow shows them (the recipe after overrides, caps, model, data)."""
+        return {
+            **self.recipe.model_dump(),
+            "recipe": self.recipe_name,
+            "model": self.spec.key,
+            "size_class": self.spec.size_class,
+            "family": self.spec.family,
+            "seed": self.seed,
+            "max_train_samples": self.max_train_samples,
+            "max_eval_samples": self.max_eval_samples,
+            "max_length": self.max_length,
+            "eval_batch_size": self.eval_batch_size,
+            "optimizer": "AdamW",
+            "lora": self.spec.lora,
+            "data_version": self.data_version,
+            "recipe_fingerprint": self.fingerprint,
+            "eval_path": f"{self.inference_path}-inference_mode-length_sorted-dynamic_padding",
+        }
+
+
+def recipe_name_for(params: Params, spec: ModelSpec, name: str | None) -> str:
+    """None = the model's own recipe: its zoo entry's, else params.yaml `train.recipe`."""
+    return name or spec.recipe or params.train.recipe
+
+
+def plan_run(
+    params: Params, options: RunOptions, data_version: str, model: str | None = None, seed: int | None = None
+) -> RunPlan:
+    """The run the options describe (model and seed may be given apart, as a sweep does per model/seed)."""
+    spec = get_spec(model or options.model or params.train.model, params)
+    recipe_name = recipe_name_for(params, spec, options.recipe)
+    recipe = params.recipe(recipe_name).with_overrides(**options.recipe_overrides())
+    caps = {
+        "max_train_samples": pick(options.max_train_samples, params.train.max_train_samples),
+        "max_eval_samples": pick(options.max_eval_samples, params.train.max_eval_samples),
+    }
+    for name, cap in caps.items():
+        if cap == 0:
+            option = f"--{name.replace('_', '-')}"
+            raise ConfigError(
+                f"{option} 0 leaves no pair to use; give at least 1, or leave it out for all pairs"
+            )
+    return RunPlan(
+        spec=spec,
+        seed=pick(seed, pick(options.seed, params.train.seed)),
+        recipe_name=recipe_name,
+        recipe=recipe,
+        max_length=pick(options.max_length, params.train.max_length),
+        eval_batch_size=params.train.eval_batch_size,
+        inference_path=params.inference.path,
+        data_version=data_version,
+        **caps,
+    )
+
+
+def pick(given: Any, default: Any) -> Any:
+    """The given value unless it is None ("not given")."""
+    return default if given is None else given

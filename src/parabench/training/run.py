@@ -1,0 +1,194 @@
+"""One tracked training run: validated data → model → fine-tune → evaluate → MLflow (+ reports/runs)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from parabench.config import Params
+from parabench.data.prepare import load_frames
+from parabench.data.validate import require_validated
+from parabench.models.inference import EncodedSplit, Predictions, encode_frame, predict, prepare_for_inference
+from parabench.models.zoo import (
+    count_parameters,
+    load_tokenizer_and_model,
+    merge_lora,
+    model_size_mb,
+    resolve_weights,
+)
+from parabench.serving.pyfunc import log_paraphrase_model
+from parabench.tracking import client as tracking
+from parabench.training.engine import fine_tune, set_seed
+from parabench.training.metrics import classification_metrics
+from parabench.training.plan import RunPlan
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    experiment_id: str
+    model: str
+    seed: int
+    metrics: dict[str, float]
+
+
+def subsample(frame: pd.DataFrame, max_samples: int | None, seed: int) -> pd.DataFrame:
+    """At most max_samples rows (None = all), drawn with the run's seed, in file order."""
+    if max_samples is None or max_samples >= len(frame):
+        return frame
+    return frame.sample(n=max_samples, random_state=seed).sort_index()
+
+
+def confusion_matrix_figure(references: np.ndarray, predictions: np.ndarray, title: str) -> Any:
+    """A labelled confusion-matrix figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    display = ConfusionMatrixDisplay.from_predictions(
+        references,
+        predictions,
+        labels=[0, 1],
+        display_labels=["not paraphrase", "paraphrase"],
+        colorbar=False,
+    )
+    display.ax_.set_title(title)
+    return display.figure_
+
+
+def predictions_table(frame: pd.DataFrame, predictions: Predictions) -> pd.DataFrame:
+    """Per-example test predictions: the pair, the gold label, the predicted label and probability."""
+    return frame.assign(predicted_label=predictions.labels, probability=predictions.probabilities)
+
+
+def train_and_track(
+    params: Params,
+    plan: RunPlan,
+    log: Callable[[str], None] = print,
+    nested: bool = False,
+    extra_tags: dict[str, str] | None = None,
+) -> RunSummary:
+    """Fine-tune one model with one seed on validated MRPC, as the plan says, and log everything to MLflow.
+    Everything that can fail on the user's input (data, weights, model folder) fails before a run exists."""
+    spec, recipe, seed = plan.spec, plan.recipe, plan.seed
+    require_validated(params)
+    weights = resolve_weights(spec, params)
+    if params.train.num_threads is not None:
+        torch.set_num_threads(params.train.num_threads)
+
+    frames = load_frames(params.path(params.data.processed_dir))
+    frames["train"] = subsample(frames["train"], plan.max_train_samples, seed)
+    for split in ("validation", "test"):
+        frames[split] = subsample(frames[split], plan.max_eval_samples, seed)
+    set_seed(seed)
+    tokenizer, model = load_tokenizer_and_model(spec, params, weights=weights)
+    encoded = {split: encode_frame(tokenizer, frame, plan.max_length) for split, frame in frames.items()}
+
+    experiment_id = tracking.configure(params)
+    with tracking.tracked_run(plan.run_name, {**plan.tags(), **(extra_tags or {})}, nested=nested) as run:
+        tracking.log_params(
+            {
+                **plan.logged_params(),
+                "model_source": str(weights),
+                "train_samples": len(frames["train"]),
+                "git_commit": tracking.git_commit(params.root),
+                "dtype": str(next(model.parameters()).dtype),
+                **tracking.hardware(model),
+                **({f"lora_{k}": v for k, v in params.lora.model_dump().items()} if spec.lora else {}),
+            }
+        )
+        pad_token_id = tokenizer.pad_token_id
+        log(f"training {spec.key} (seed {seed}) on {len(frames['train'])} pairs: {recipe}")
+        fit = fine_tune(
+            model,
+            encoded["train"],
+            encoded["validation"],
+            recipe,
+            seed,
+            pad_token_id,
+            plan.eval_batch_size,
+            on_epoch_end=lambda epoch: tracking.log_epoch(
+                epoch.epoch,
+                {
+                    "train_loss": epoch.train_loss,
+                    "validation_accuracy": epoch.validation_accuracy,
+                    "validation_f1": epoch.validation_f1,
+                },
+            ),
+            log=log,
+        )
+        model = merge_lora(model) if spec.lora else model
+        final, test_predictions = evaluate_splits(
+            prepare_for_inference(model, plan.inference_path),
+            encoded,
+            plan.eval_batch_size,
+            pad_token_id,
+            log,
+        )
+        final |= {
+            "kept_epoch": fit.kept_epoch,
+            "train_samples_per_second": fit.train_samples_per_second,
+            "eval_samples_per_second": test_predictions.samples_per_second,
+            "num_parameters": count_parameters(model),
+            "model_size_mb": model_size_mb(model),
+        }
+        tracking.log_params({"num_parameters": final["num_parameters"]})
+        log_run_artifacts(model, tokenizer, frames["test"], encoded["test"], test_predictions, final, plan)
+        tracking.log_final_metrics(final)
+    return RunSummary(run.info.run_id, experiment_id, spec.key, seed, final)
+
+
+def evaluate_splits(
+    model: Any,
+    encoded: dict[str, EncodedSplit],
+    batch_size: int,
+    pad_token_id: int,
+    log: Callable[[str], None],
+) -> tuple[dict[str, float], Predictions]:
+    """Accuracy and F1 on every split; returns them with the test predictions (timed, for throughput)."""
+    metrics: dict[str, float] = {}
+    predictions: dict[str, Predictions] = {}
+    for split in SPLITS:
+        predictions[split] = predict(model, encoded[split], batch_size, pad_token_id)
+        scores = classification_metrics(encoded[split].labels, predictions[split].labels)
+        prefix = "final_validation" if split == "validation" else split  # the per-epoch curve keeps its name
+        metrics |= {f"{prefix}_{name}": value for name, value in scores.items()}
+        log(
+            f"evaluated {split}: accuracy {scores['accuracy']:.4f}  f1 {scores['f1']:.4f}  "
+            f"({predictions[split].samples_per_second:.0f} pairs/s)"
+        )
+    return metrics, predictions["test"]
+
+
+def log_run_artifacts(
+    model: Any,
+    tokenizer: Any,
+    test_frame: pd.DataFrame,
+    test: EncodedSplit,
+    test_predictions: Predictions,
+    final: dict[str, float],
+    plan: RunPlan,
+) -> None:
+    """Confusion matrix, test predictions, metrics JSON, and the model (saved whole, then logged)."""
+    figure = confusion_matrix_figure(test.labels, test_predictions.labels, f"{plan.spec.key} — MRPC test")
+    mlflow.log_figure(figure, "confusion_matrix_test.png")
+    with tempfile.TemporaryDirectory() as folder:
+        csv_path = Path(folder) / "predictions_test.csv"
+        predictions_table(test_frame, test_predictions).to_csv(csv_path, index=False)
+        mlflow.log_artifact(str(csv_path))
+        tracking.log_json(final, "metrics.json")
+        weights_dir = Path(folder) / "weights"
+        model.save_pretrained(weights_dir)
+        tokenizer.save_pretrained(weights_dir)
+        log_paraphrase_model(weights_dir, plan.max_length, plan.eval_batch_size, plan.inference_path)
