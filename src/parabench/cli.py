@@ -125,6 +125,13 @@ MaxLengthOption = Annotated[
 ]
 TrainCapOption = Annotated[str | None, option("Train on at most N ≥ 1 pairs (default: all).")]
 EvalCapOption = Annotated[str | None, option("Evaluate at most N ≥ 1 validation/test pairs (default: all).")]
+PrecisionOption = Annotated[str | None, option("no | fp16 | bf16 (default: bf16/fp16 on GPUs, else no).")]
+AccumulationOption = Annotated[
+    str | None, option("Gradient accumulation steps (batch size stays effective).")
+]
+CheckpointOption = Annotated[str | None, option("Also checkpoint every N optimizer steps (0: epochs only).")]
+KeepOption = Annotated[str | None, option("true: keep the checkpoints once the run finished.")]
+FourBitOption = Annotated[str | None, option("true: load a LoRA model in 4 bits (QLoRA; CUDA only).")]
 
 
 def run_options(**given: str | None) -> RunOptions:
@@ -148,11 +155,20 @@ def train(
     max_length: MaxLengthOption = None,
     max_train_samples: TrainCapOption = None,
     max_eval_samples: EvalCapOption = None,
+    mixed_precision: PrecisionOption = None,
+    gradient_accumulation_steps: AccumulationOption = None,
+    checkpoint_every_steps: CheckpointOption = None,
+    keep_checkpoints: KeepOption = None,
+    load_in_4bit: FourBitOption = None,
 ) -> None:
-    """Fine-tune one model with one seed on validated MRPC; everything is logged to MLflow."""
+    """Fine-tune one model with one seed on validated MRPC; everything is logged to MLflow. Runs on whatever
+    the machine has (accelerate); under `torchrun --nproc_per_node N -m parabench train` the N processes
+    train one model and log one run. After a crash or kill -9 the same command resumes from the last
+    checkpoint."""
     from parabench.common.files import write_json
     from parabench.data.validate import require_validated
     from parabench.tracking.client import ui_hint
+    from parabench.training.engine import finish_processes
     from parabench.training.plan import plan_run
     from parabench.training.run import train_and_track
 
@@ -160,6 +176,9 @@ def train(
     params = load_params()
     plan = plan_run(params, options, require_validated(params))
     summary = train_and_track(params, plan, log=typer.echo)
+    finish_processes()
+    if not summary.main_process:
+        return
     write_json(
         params.path(params.train.reports_dir) / "metrics.json",
         {"model": summary.model, "seed": summary.seed, "run_id": summary.run_id, **summary.metrics},
@@ -263,6 +282,10 @@ def sweep(
     max_length: MaxLengthOption = None,
     max_train_samples: TrainCapOption = None,
     max_eval_samples: EvalCapOption = None,
+    mixed_precision: PrecisionOption = None,
+    gradient_accumulation_steps: AccumulationOption = None,
+    checkpoint_every_steps: CheckpointOption = None,
+    keep_checkpoints: KeepOption = None,
 ) -> None:
     """Fine-tune every model with every seed: an MLflow parent run per model, a nested run per seed.
     Seeds that already have a FINISHED run with the same recipe and data are skipped."""
@@ -342,16 +365,25 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: params.yaml serve.port).")] = None,
 ) -> None:
     """Serve the model over HTTP with `mlflow models serve` in this environment:
-    POST /invocations {"dataframe_records": [{"sentence1": "...", "sentence2": "..."}]}."""
+    POST /invocations {"dataframe_records": [{"sentence1": "...", "sentence2": "..."}]}. Workers, request
+    timeout and request limits come from params.yaml `serve:`."""
     import os
 
-    from parabench.serving.predict import serve_command
+    from parabench.serving.predict import (
+        REQUEST_TIMEOUT,
+        SERVING_MODEL_CONFIG,
+        model_flavors,
+        pickle_warning,
+        serve_command,
+    )
 
     params = load_params()
     settings = params.serve
-    command, env = serve_command(
-        params, model or settings.model_uri, host or settings.host, port or settings.port
-    )
+    model_uri = model or settings.model_uri
+    command, env = serve_command(params, model_uri, host or settings.host, port or settings.port)
+    if warning := pickle_warning(model_uri, model_flavors(params, model_uri)):
+        typer.echo(warning, err=True)
+    typer.echo(" ".join(f"{name}={env[name]}" for name in (REQUEST_TIMEOUT, SERVING_MODEL_CONFIG)))
     typer.echo(" ".join(command))
     os.execvpe(command[0], command, env)
 

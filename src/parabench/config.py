@@ -136,6 +136,7 @@ class TrainParams(Section):
     eval_batch_size: Positive
     num_threads: Positive | None = None  # None: torch's default
     reports_dir: Path
+    checkpoint_dir: Path  # one folder per run (model, seed, recipe, data) while it trains
 
 
 class Recipe(Section):
@@ -235,6 +236,11 @@ class ServeParams(Section):
     model_uri: Name
     host: Name
     port: Port
+    workers: Positive  # uvicorn worker processes of `mlflow models serve`
+    request_timeout_s: Positive  # MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT (whole seconds)
+    max_sentence_chars: Positive
+    max_pairs: Positive
+    max_request_chars: Positive
 
 
 class LoadtestParams(Section):
@@ -321,6 +327,11 @@ class RunOptions(Section):
     max_length: Positive | None = None
     max_train_samples: NonNegative | None = None
     max_eval_samples: NonNegative | None = None
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None  # None: bf16/fp16 on GPUs, no on the CPU
+    gradient_accumulation_steps: Positive | None = None
+    checkpoint_every_steps: NonNegative | None = None  # optimizer steps; 0 = only after epochs
+    keep_checkpoints: bool | None = None
+    load_in_4bit: bool | None = None
 
     @field_validator("*", mode="before")
     @classmethod

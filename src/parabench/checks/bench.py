@@ -37,7 +37,16 @@ from parabench.models.inference import (
 from parabench.models.zoo import get_spec, load_tokenizer_and_model, merge_lora, resolve_weights
 from parabench.tracking import client as tracking
 from parabench.tracking.client import cpu_model
-from parabench.training.engine import build_optimizer, length_grouped_batches, set_seed, train_steps
+from parabench.training.engine import (
+    EngineSettings,
+    batch_loader,
+    build_optimizer,
+    default_mixed_precision,
+    length_grouped_batches,
+    make_accelerator,
+    set_seed,
+    train_steps,
+)
 from parabench.training.metrics import classification_metrics
 from parabench.training.plan import plan_run
 
@@ -183,13 +192,17 @@ def trainer_training(
 def parabench_training(
     model: Any, split: EncodedSplit, recipe: Any, steps: int, seed: int, pad_token_id: int
 ) -> Callable[[], None]:
-    """A pass of parabench's loop (length-grouped batches, dynamic padding) for `steps` optimizer steps."""
+    """A pass of parabench's engine (accelerate; length-grouped batches, dynamic padding) for `steps`
+    optimizer steps, on this machine's default device and precision."""
+    accelerator = make_accelerator(EngineSettings(mixed_precision=default_mixed_precision()))
     optimizer, scheduler = build_optimizer(model, recipe, total_steps=10**6)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     rng = np.random.default_rng(seed)
 
     def run_pass() -> None:
         batches = length_grouped_batches(split.lengths, recipe.batch_size, rng)[:steps]
-        train_steps(model, split, batches, optimizer, scheduler, pad_token_id, recipe.max_grad_norm)
+        loader = accelerator.prepare(batch_loader(split, batches, pad_token_id))
+        train_steps(accelerator, model, loader, optimizer, scheduler, recipe.max_grad_norm)
 
     return run_pass
 

@@ -4,6 +4,7 @@ reader or a crash never sees half a file."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -37,3 +38,14 @@ def write_text(path: Path, text: str) -> Path:
 def write_json(path: Path, document: Any) -> Path:
     """Write JSON atomically: indented, keys sorted, a trailing newline; non-JSON values as text."""
     return write_text(path, json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def file_hash(path: Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, algorithm).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file."""
+    return file_hash(path, "sha256")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from parabench.common.files import atomic_target
+from parabench.common.files import atomic_target, sha256_file
 from parabench.config import ParabenchError, Params
 
 SOURCE_ENV = "PARABENCH_MRPC_SOURCE"
@@ -43,17 +43,6 @@ class Source:
 def is_url(location: str) -> bool:
     """True for http(s) addresses."""
     return location.startswith(("http://", "https://"))
-
-
-def file_hash(path: Path, algorithm: str = "sha256") -> str:
-    """The hex digest of a file's bytes."""
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, algorithm).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """The hex SHA-256 of a file."""
-    return file_hash(path, "sha256")
 
 
 def resolve_source(params: Params, source: str | None) -> Source:
@@ -115,9 +104,7 @@ def copy_verified(reader: BinaryIO, target: Path | None, name: str, expected: st
                 out.write(chunk)
         got = digest.hexdigest()
         if got != expected:
-            raise ParabenchError(
-                f"{name}: SHA-256 mismatch for {where}: expected {expected}, got {got}"
-            )
+            raise ParabenchError(f"{name}: SHA-256 mismatch for {where}: expected {expected}, got {got}")
 
 
 def fetch_file(params: Params, source: Source, name: str, target: Path | None) -> None:

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from parabench.common.files import write_json
+from parabench.common.files import sha256_file, write_json
 from parabench.config import ParabenchError, Params
-from parabench.data.fetch import sha256_file
 from parabench.data.prepare import COLUMNS, split_paths
 from parabench.data.version import data_version, display_path
 

@@ -6,8 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from parabench.common.files import file_hash
 from parabench.config import Params
-from parabench.data.fetch import file_hash
 
 
 def display_path(params: Params, path: Path) -> str:

@@ -6,17 +6,22 @@ The path is chosen in params.yaml (`inference.path`); training, evaluation, serv
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 from parabench.common.progress import progress
 
@@ -154,16 +159,38 @@ def model_inputs(model: PreTrainedModel, batch: Batch) -> Batch:
     return {k: v for k, v in batch.items() if k != "token_type_ids" or accepts_types}
 
 
-def predict(model: PreTrainedModel, split: EncodedSplit, batch_size: int, pad_token_id: int) -> Predictions:
-    """Paraphrase probability for every pair: inference mode, length-sorted batches, dynamic padding."""
+def predict(
+    model: PreTrainedModel,
+    split: EncodedSplit,
+    batch_size: int,
+    pad_token_id: int,
+    accelerator: Accelerator | None = None,
+) -> Predictions:
+    """Paraphrase probability for every pair: inference mode, length-sorted batches, dynamic padding, on the
+    model's device. With an accelerator of several processes each takes a share of the batches and the
+    shares are gathered, so every pair is counted exactly once; its mixed precision applies (autocast)."""
     model.eval()
-    probabilities = np.empty(len(split), dtype=np.float64)
+    device = next(model.parameters()).device
+    batches = list(sorted_batches(split.lengths, batch_size))
+    sharded = accelerator is not None and accelerator.num_processes > 1
+    probabilities = np.full(len(split), np.nan, dtype=np.float64)
     started = time.perf_counter()
-    with torch.inference_mode(), progress(len(split), "evaluating") as bar:
-        for indices in sorted_batches(split.lengths, batch_size):
+    with contextlib.ExitStack() as stack:
+        mine = stack.enter_context(accelerator.split_between_processes(batches)) if sharded else batches
+        if accelerator is not None:
+            stack.enter_context(accelerator.autocast())
+        stack.enter_context(torch.inference_mode())
+        bar = stack.enter_context(progress(sum(len(indices) for indices in mine), "evaluating"))
+        for indices in mine:
             batch = model_inputs(model, collate(split, indices, pad_token_id))
             batch.pop("labels")
-            logits = model(**batch).logits.float()
-            probabilities[indices] = torch.softmax(logits, dim=-1)[:, 1].numpy()
+            logits = model(**{name: tensor.to(device) for name, tensor in batch.items()}).logits
+            probabilities[indices] = torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
             bar.update(len(indices))
+    if sharded:
+        from accelerate.utils import gather_object
+
+        done = [int(i) for indices in mine for i in indices]
+        for index, probability in gather_object(list(zip(done, probabilities[done].tolist(), strict=True))):
+            probabilities[index] = probability
     return Predictions(probabilities, time.perf_counter() - started)

@@ -215,12 +215,53 @@ def add_lora(model: PreTrainedModel, lora: LoraParams) -> PreTrainedModel:
         return get_peft_model(model, config)
 
 
+def require_hardware(spec: ModelSpec, load_in_4bit: bool = False) -> None:
+    """Refuse at once, before any download, what this machine cannot train: the large class (Llama-2-7B with
+    LoRA) and 4-bit loading need a CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if spec.size_class == "large" and not spec.is_tiny:
+        raise ParabenchError(
+            f"model '{spec.key}' (7B parameters) trains only on a CUDA GPU: about 24 GB of GPU memory in "
+            "bf16, about 16 GB with --load-in-4bit (QLoRA); this machine has no CUDA device"
+        )
+    if load_in_4bit:
+        raise ParabenchError(
+            "--load-in-4bit (QLoRA through bitsandbytes) needs a CUDA GPU; this machine has none"
+        )
+
+
+def large_model_options(spec: ModelSpec, load_in_4bit: bool) -> dict[str, Any]:
+    """from_pretrained options for LoRA models on CUDA: bf16 weights (fp16 on cards without bf16), and 4-bit
+    NF4 quantization (QLoRA) when asked. Nothing on the CPU."""
+    import torch
+
+    if not (spec.lora and torch.cuda.is_available()):
+        return {}
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    options: dict[str, Any] = {"dtype": dtype}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        options["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
+    return options
+
+
 def load_tokenizer_and_model(
-    spec: ModelSpec, params: Params, num_labels: int = 2, weights: Path | str | None = None
+    spec: ModelSpec,
+    params: Params,
+    num_labels: int = 2,
+    weights: Path | str | None = None,
+    load_in_4bit: bool = False,
 ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """Tokenizer and sequence-classification model (LoRA-wrapped for spec.lora) from the resolved weights.
     Pass `weights` from an earlier resolve_weights to skip resolving again. Never runs remote code;
-    safetensors are preferred and .bin is used only where no safetensors file exists."""
+    safetensors are preferred and .bin is used only where no safetensors file exists. LoRA models on CUDA
+    load in bf16 (or 4-bit) with gradient checkpointing on, as the study trained Llama-2."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     location = weights if weights is not None else resolve_weights(spec, params)
@@ -235,6 +276,7 @@ def load_tokenizer_and_model(
                 id2label=id2label,
                 label2id={name: index for index, name in id2label.items()},
                 ignore_mismatched_sizes=True,
+                **large_model_options(spec, load_in_4bit),
             )
     except Exception as error:  # a broken folder raises OSError, ValueError, validation errors, …
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -243,7 +285,15 @@ def load_tokenizer_and_model(
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return tokenizer, add_lora(model, params.lora) if spec.lora else model
+    if not spec.lora:
+        return tokenizer, model
+    if large_model_options(spec, load_in_4bit):
+        if load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model)
+        model.gradient_checkpointing_enable()
+    return tokenizer, add_lora(model, params.lora)
 
 
 def merge_lora(model: PreTrainedModel) -> PreTrainedModel:

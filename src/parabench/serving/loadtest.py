@@ -1,13 +1,16 @@
 """`parabench loadtest`: a bounded load test of the served model, on localhost only.
 
 It starts `mlflow models serve` of a model (or uses a running server's URL), sends a fixed number of requests
-from a few threads, a mix of valid and malformed bodies, and reports status counts, 5xx count, connection
-errors, p50/p95 latency and requests/s, and whether the server still answers afterwards.
+from a few threads, a mix of valid, malformed and oversized bodies (a 10,000,000-character sentence, 100,000
+pairs, ...), and reports status counts, 5xx count, connection errors, p50/p95 latency (of all requests, of the
+valid ones answered while the oversized ones arrive, and of the refusals), requests/s, and whether the server
+still answers afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -18,7 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +40,8 @@ PAIR = {"sentence1": "The cat sat on the mat.", "sentence2": "A cat was sitting 
 VALID = {
     "one pair": json.dumps({"dataframe_records": [PAIR]}),
     "eight pairs": json.dumps({"dataframe_records": [PAIR] * 8}),
-    "100,000-character sentence": json.dumps(
-        {"dataframe_records": [{**PAIR, "sentence1": "word " * 20_000}]}
+    "400-character sentences": json.dumps(
+        {"dataframe_records": [{"sentence1": "word " * 80, "sentence2": "text " * 80}]}
     ),
 }
 # Bodies the server must refuse with a 4xx and a message.
@@ -51,6 +54,25 @@ MALFORMED = {
     "empty list": json.dumps({"dataframe_records": []}),
     "invalid JSON": "{not json",
 }
+# Bodies beyond the request limits (params.yaml serve:, defaults or anything near them), which the server must
+# refuse with a 4xx naming the limit before tokenizing anything; built when first sent.
+OVERSIZED: dict[str, Callable[[], str]] = {
+    "10,000,000-character sentence": lambda: json.dumps(
+        {"dataframe_records": [{**PAIR, "sentence1": "word " * 2_000_000}]}
+    ),
+    "100,000 pairs": lambda: json.dumps({"dataframe_records": [PAIR] * 100_000}),
+    "1,200,000 characters in 200 pairs": lambda: json.dumps(
+        {"dataframe_records": [{"sentence1": "word " * 600, "sentence2": "text " * 600}] * 200}
+    ),
+}
+REFUSED = (*MALFORMED, *OVERSIZED)
+
+
+@functools.cache
+def body(case: str) -> bytes:
+    """The request body of a case, UTF-8 (an oversized one built once)."""
+    text = OVERSIZED[case]() if case in OVERSIZED else (VALID | MALFORMED)[case]
+    return text.encode()
 
 
 @dataclass(frozen=True)
@@ -66,10 +88,10 @@ class Answer:
         return self.status == 200 if self.case in VALID else 400 <= self.status < 500
 
 
-def post(url: str, body: str, timeout: float) -> int:
+def post(url: str, data: bytes, timeout: float) -> int:
     """POST a body to url/invocations; the HTTP status, or 0 when the connection failed."""
     request = urllib.request.Request(
-        f"{url}/invocations", data=body.encode(), headers={"Content-Type": "application/json"}
+        f"{url}/invocations", data=data, headers={"Content-Type": "application/json"}
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -98,7 +120,7 @@ def request_plan(requests: int, valid_fraction: float, seed: int) -> list[str]:
     """Which case each request sends: valid_fraction of them valid, cycling through the cases, shuffled."""
     valid = round(requests * valid_fraction)
     plan = [list(VALID)[i % len(VALID)] for i in range(valid)]
-    plan += [list(MALFORMED)[i % len(MALFORMED)] for i in range(requests - valid)]
+    plan += [REFUSED[i % len(REFUSED)] for i in range(requests - valid)]
     random.Random(seed).shuffle(plan)
     return plan
 
@@ -110,34 +132,49 @@ def load(
     require_local(url)
     if not answers(url):
         raise ParabenchError(f"no scoring server answers {url}/ping")
-    bodies = VALID | MALFORMED
+    plan = request_plan(requests, valid_fraction, seed)
+    for case in set(plan):
+        body(case)  # built before the clock starts
 
     def send(case: str) -> Answer:
         started = time.perf_counter()
-        status = post(url, bodies[case], timeout)
+        status = post(url, body(case), timeout)
         return Answer(case, status, time.perf_counter() - started)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(send, request_plan(requests, valid_fraction, seed)))
+        results = list(pool.map(send, plan))
     wall = time.perf_counter() - started
-    latencies_ms = np.array([result.seconds for result in results]) * 1000
     statuses = Counter(result.status for result in results)
     return {
         "url": url,
         "requests": requests,
         "concurrency": concurrency,
         "valid_requests": sum(result.case in VALID for result in results),
+        "oversized_requests": sum(result.case in OVERSIZED for result in results),
         "status_counts": {str(status): count for status, count in sorted(statuses.items())},
         "server_errors_5xx": sum(count for status, count in statuses.items() if status >= 500),
         "connection_errors": statuses.get(0, 0),
         "unexpected_answers": sum(not result.expected for result in results),
-        "latency_ms_p50": float(np.percentile(latencies_ms, 50)),
-        "latency_ms_p95": float(np.percentile(latencies_ms, 95)),
-        "latency_ms_max": float(latencies_ms.max()),
+        **latencies("latency_ms", results),
+        # valid requests answered while the oversized ones arrive, and how fast those are refused
+        **latencies("valid_latency_ms", [result for result in results if result.case in VALID]),
+        **latencies("oversized_latency_ms", [result for result in results if result.case in OVERSIZED]),
         "requests_per_second": requests / wall,
         "wall_seconds": wall,
         "still_answering": answers(url),
+    }
+
+
+def latencies(name: str, results: list[Answer]) -> dict[str, float | None]:
+    """p50, p95 and max of the results' latencies in ms, as name_p50, ...; None when there are none."""
+    if not results:
+        return {f"{name}_{stat}": None for stat in ("p50", "p95", "max")}
+    ms = np.array([result.seconds for result in results]) * 1000
+    return {
+        f"{name}_p50": float(np.percentile(ms, 50)),
+        f"{name}_p95": float(np.percentile(ms, 95)),
+        f"{name}_max": float(ms.max()),
     }
 
 

@@ -1,8 +1,9 @@
 """`parabench predict` and `parabench serve`: the promoted model on sentence pairs, from the command line
-or over HTTP (MLflow's scoring server)."""
+or over HTTP (MLflow's scoring server), both under the request limits of params.yaml `serve:`."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import warnings
@@ -15,8 +16,13 @@ from mlflow.exceptions import MlflowException
 from parabench.config import ParabenchError, Params
 from parabench.data.validate import first_line
 from parabench.models.hub import quiet_transformers
-from parabench.serving.pyfunc import INPUT_COLUMNS, check_pairs
+from parabench.serving.pyfunc import INPUT_COLUMNS, RequestLimits, check_pairs, logged_from_code
 from parabench.tracking import client as tracking
+
+SHOWN_ROWS = 10
+# The scoring server loads the model with this model_config when the variable holds one (MLflow's name).
+SERVING_MODEL_CONFIG = "SERVING_MODEL_CONFIG"
+REQUEST_TIMEOUT = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
 
 
 def checked_pairs(frame: pd.DataFrame, where: str) -> pd.DataFrame:
@@ -57,28 +63,90 @@ def pairs_from(sentences: list[str] | None, input_csv: Path | None) -> pd.DataFr
     return checked_pairs(pd.DataFrame([sentences], columns=list(INPUT_COLUMNS)), "the sentences")
 
 
-def load_model(params: Params, model_uri: str) -> Any:
-    """The pyfunc at the URI; models:/ URIs resolve in the project's tracking store (its registry)."""
+def check_limits(params: Params, pairs: pd.DataFrame) -> None:
+    """The request limits of params.yaml `serve:` on pairs from the command line: ParabenchError naming the
+    rows whose sentences are too long (counted from 1, the first pair after a CSV's header), or the limit on
+    pairs or characters the input exceeds."""
+    limits = RequestLimits.of(params.serve)
+    too_long = limits.too_long_rows(pairs)
+    if too_long:
+        rows = "; ".join(f"row {row + 1} {column} ({size:,})" for row, column, size in too_long[:SHOWN_ROWS])
+        more = f"; and {len(too_long) - SHOWN_ROWS:,} more" if len(too_long) > SHOWN_ROWS else ""
+        raise ParabenchError(
+            f"{len(too_long):,} sentence(s) over the limit of {limits.max_sentence_chars:,} characters "
+            f"(serve.max_sentence_chars), rows counted from 1: {rows}{more}"
+        )
+    try:
+        limits.check(pairs)
+    except MlflowException as error:
+        raise ParabenchError(f"the input is too large: {first_line(error)}") from error
+
+
+def model_flavors(params: Params, model_uri: str) -> dict[str, Any] | None:
+    """The MLmodel flavors of the model at the URI; None when they cannot be read."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking.tracking_uri(params))
     try:
+        return mlflow.models.get_model_info(model_uri).flavors
+    except (MlflowException, OSError):
+        return None
+
+
+def pickle_warning(model_uri: str, flavors: dict[str, Any] | None) -> str | None:
+    """A warning when the model was logged as a cloudpickled object (before models-from-code): it loads, but
+    loading unpickles code, and served by `mlflow models serve` it enforces no request limits; None for a
+    model logged from code (or flavors that could not be read)."""
+    if flavors is None or logged_from_code(flavors):
+        return None
+    return (
+        f"warning: {model_uri} was logged as a pickled Python object (before models-from-code): loading it "
+        "unpickles code and, served, it enforces no request limits; train it again to re-log it from code"
+    )
+
+
+def load_model(params: Params, model_uri: str) -> Any:
+    """The pyfunc at the URI, with params.yaml's request limits when it was logged from code (a warning on
+    stderr when it is an older, pickled one); models:/ URIs resolve in the project's tracking store."""
+    import mlflow
+
+    flavors = model_flavors(params, model_uri)
+    config = RequestLimits.of(params.serve).as_config() if flavors and logged_from_code(flavors) else None
+    if warning := pickle_warning(model_uri, flavors):
+        print(warning, file=sys.stderr)
+    try:
         with quiet_transformers():
-            return mlflow.pyfunc.load_model(model_uri)
+            return mlflow.pyfunc.load_model(model_uri, model_config=config)
     except (MlflowException, OSError) as error:
         raise ParabenchError(f"cannot load {model_uri}: {first_line(error)}") from error
 
 
 def predict_pairs(params: Params, model_uri: str, pairs: pd.DataFrame) -> pd.DataFrame:
-    """The pairs with the model's label (1 = paraphrase) and paraphrase probability."""
-    predictions = load_model(params, model_uri).predict(pairs)
+    """The pairs with the model's label (1 = paraphrase) and paraphrase probability; pairs beyond the
+    request limits are refused before the model is loaded."""
+    check_limits(params, pairs)
+    model = load_model(params, model_uri)
+    try:
+        predictions = model.predict(pairs)
+    except MlflowException as error:  # the limits the model was logged with, if lower than params.yaml's
+        raise ParabenchError(f"{model_uri} refused the input: {first_line(error)}") from error
     return pd.concat([pairs, predictions.reset_index(drop=True)], axis=1)
 
 
 def serve_command(params: Params, model_uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:
     """`mlflow models serve` in this environment, and the environment it needs: the project's tracking store
-    (the registry behind models:/ URIs) and this interpreter's bin folder on PATH (mlflow starts uvicorn)."""
+    (the registry behind models:/ URIs), this interpreter's bin folder on PATH (mlflow starts uvicorn), the
+    worker count and request timeout of params.yaml `serve:`, and its request limits as the model_config the
+    scoring server loads the model with (a version logged from code takes them; an older one ignores them)."""
+    settings = params.serve
     serve = ["models", "serve", "-m", model_uri, "--env-manager", "local", "-h", host, "-p", str(port)]
+    serve += ["--workers", str(settings.workers), "--timeout", str(settings.request_timeout_s)]
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(params), "PATH": path}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking.tracking_uri(params),
+        "PATH": path,
+        REQUEST_TIMEOUT: str(settings.request_timeout_s),
+        SERVING_MODEL_CONFIG: json.dumps(RequestLimits.of(settings).as_config()),
+    }
     return [sys.executable, "-m", "mlflow", *serve], env

@@ -144,12 +144,16 @@ class RunKilled(Exception):
 
 
 @contextmanager
-def tracked_run(run_name: str, tags: dict[str, str], nested: bool = False) -> Iterator[mlflow.ActiveRun]:
+def tracked_run(
+    run_name: str, tags: dict[str, str], nested: bool = False, run_id: str | None = None
+) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that always ends: FINISHED on success, KILLED on interrupt/SIGTERM, FAILED on error.
+    With `run_id`, that run goes on (a training resumed from its checkpoint). System metrics (CPU, memory,
+    GPU) are recorded while it runs.
 
     Under `mlflow run`, the run MLflow created (MLFLOW_RUN_ID) holds the entry point's parameters as the user
-    gave them (0 = "the recipe's value"); this run is nested under it and logs the resolved values under the
-    same names, so no value is silently dropped and every training run has the same columns.
+    gave them (`auto` = "the recipe's value"); this run is nested under it and logs the resolved values under
+    the same names, so no value is silently dropped and every training run has the same columns.
     """
     previous_handler = signal.getsignal(signal.SIGTERM)
 
@@ -161,9 +165,11 @@ def tracked_run(run_name: str, tags: dict[str, str], nested: bool = False) -> It
     if launched_by_mlflow_run:
         mlflow.start_run()  # resumes the `mlflow run` launch run
     run = mlflow.start_run(
-        run_name=run_name,
+        run_id=run_id,
+        run_name=None if run_id else run_name,
         tags={**tags, PID_TAG: str(os.getpid()), HOST_TAG: platform.node()},
         nested=nested or launched_by_mlflow_run,
+        log_system_metrics=True,
     )
     try:
         yield run
@@ -208,17 +214,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def hardware(model: torch.nn.Module | None = None) -> dict[str, str]:
-    """Where the numbers were made: the device the model's weights are on (CPU unless moved), its name,
-    the CPU model, torch threads and version."""
-    device = next(model.parameters()).device if model is not None else torch.device("cpu")
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
+def hardware(device: torch.device | None = None) -> dict[str, str]:
+    """Where the numbers were made: the device the training ran on (type and name), the CPU, torch threads,
+    and the versions of torch, accelerate and CUDA."""
+    import accelerate
+
+    device = device or torch.device("cpu")
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    elif device.type == "mps":
+        name = "Apple MPS"
+    else:
+        name = cpu_model()
     return {
         "hardware_cpu": cpu_model(),
-        "hardware_gpu": gpu,
-        "hardware_threads": str(torch.get_num_threads()),
+        "hardware_gpu": name if device.type != "cpu" else "none",
         "hardware_device": device.type,
+        "hardware_device_name": name,
+        "hardware_threads": str(torch.get_num_threads()),
         "torch_version": torch.__version__,
+        "accelerate_version": accelerate.__version__,
+        "cuda_version": torch.version.cuda or "none",
     }
 
 

@@ -46,17 +46,8 @@ class ServerSettings:
 
     @classmethod
     def of(cls, params: Params) -> ServerSettings:
-        raw = params.raw["tracking_server"]
-        return cls(
-            dir=params.path(raw["dir"]),
-            host=raw["host"],
-            postgres_port=int(raw["postgres_port"]),
-            mlflow_port=int(raw["mlflow_port"]),
-            database=raw["database"],
-            user=raw["user"],
-            workers=int(raw["workers"]),
-            start_timeout_s=float(raw["start_timeout_s"]),
-        )
+        settings = params.tracking_server
+        return cls(**{**settings.model_dump(), "dir": params.path(settings.dir)})
 
     @property
     def pgdata(self) -> Path:

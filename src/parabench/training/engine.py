@@ -1,4 +1,9 @@
-"""One fine-tuning run: a model and a recipe in, per-epoch results and the trained model out.
+"""Where models are trained: one fine-tuning loop for every machine, through `accelerate`.
+
+accelerate puts the model, the batches and the optimizer on the machine's device (CUDA, Apple MPS, the CPU),
+applies mixed precision and gradient accumulation, shards the batches when several processes train one model
+(`torchrun` / `accelerate launch`), and saves and restores the full training state for an exact resume.
+parabench keeps its length-grouped, dynamically padded batches: they are the batch sampler accelerate shards.
 
 No MLflow here: the caller gets each epoch's result through a callback and logs it.
 """
@@ -10,18 +15,24 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel, get_scheduler
 
 from parabench.common.progress import progress
-from parabench.config import Recipe
+from parabench.config import ConfigError, Recipe
 from parabench.models.inference import EncodedSplit, collate, model_inputs, predict
+from parabench.training.checkpoints import Checkpoints, TrainingState
 from parabench.training.metrics import classification_metrics
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 # Batches are drawn from windows of this many batches sorted by length: little padding, still shuffled.
 LENGTH_GROUP_WINDOW = 50
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,7 @@ class FineTuneResult:
     best_epoch: int = 0
     best_validation_accuracy: float = -1.0
     select_best_epoch: bool = False
+    resumed_from: str | None = None  # the checkpoint the run went on from, if any
 
     @property
     def kept_epoch(self) -> int:
@@ -52,11 +64,64 @@ class FineTuneResult:
         return self.train_samples / self.train_seconds if self.train_seconds else 0.0
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the loop runs on this machine (not what it learns: that is the recipe)."""
+
+    mixed_precision: str = "no"
+    gradient_accumulation_steps: int = 1
+    checkpoint_every_steps: int | None = None  # optimizer steps between checkpoints; None: after epochs only
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch so a run is repeatable."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def default_mixed_precision() -> str:
+    """bf16 on GPUs that support it, else fp16 on CUDA, no on the CPU (and MPS)."""
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def check_mixed_precision(value: str) -> str:
+    """The value when this machine can run it; ConfigError otherwise (fp16 needs a GPU)."""
+    if value not in MIXED_PRECISIONS:
+        raise ConfigError(f"--mixed-precision {value!r}: choose one of {', '.join(MIXED_PRECISIONS)}")
+    if value == "fp16" and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        raise ConfigError("--mixed-precision fp16 needs a GPU; on the CPU use bf16 or no")
+    return value
+
+
+def make_accelerator(settings: EngineSettings) -> Accelerator:
+    """The Accelerator for these settings. accelerate keeps one state per process; a process that trains
+    runs of different precision one after another (a sweep, the tests) gets it reset between them."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", settings.mixed_precision) != settings.mixed_precision:
+        AcceleratorState._reset_state()
+    no_accelerator = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    return Accelerator(
+        cpu=no_accelerator,  # on the CPU accelerate joins the processes of torchrun only when told so
+        mixed_precision=settings.mixed_precision,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+    )
+
+
+def finish_processes() -> None:
+    """End the process group a multi-process launch (torchrun, accelerate launch) opened, so that every
+    process exits 0 instead of being aborted with the group left open."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.use_distributed:
+        state.wait_for_everyone()
+        state.destroy_process_group()
 
 
 def length_grouped_batches(
@@ -71,6 +136,28 @@ def length_grouped_batches(
         chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def micro_batch_size(batch_size: int, accumulation: int, processes: int) -> int:
+    """Pairs per process and forward pass, so that the recipe's batch size stays the effective one."""
+    share = accumulation * processes
+    if batch_size % share:
+        raise ConfigError(
+            f"batch size {batch_size} is not divisible by gradient accumulation steps × processes "
+            f"({accumulation} × {processes}); choose values whose product divides it"
+        )
+    return batch_size // share
+
+
+def batch_loader(
+    split: EncodedSplit, batches: list[np.ndarray], pad_token_id: int
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over precomputed batches of indices (accelerate shards it between processes)."""
+    return torch.utils.data.DataLoader(
+        range(len(split)),
+        batch_sampler=[batch.tolist() for batch in batches],
+        collate_fn=lambda indices: collate(split, np.asarray(indices), pad_token_id),
+    )
 
 
 def build_optimizer(
@@ -93,30 +180,38 @@ def build_optimizer(
 
 
 def train_steps(
-    model: PreTrainedModel,
-    split: EncodedSplit,
-    batches: list[np.ndarray],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    pad_token_id: int,
+    accelerator: Accelerator,
+    model: Any,
+    loader: Any,
+    optimizer: Any,
+    scheduler: Any,
     max_grad_norm: float,
     description: str = "training",
+    on_optimizer_step: Callable[[int, list[float]], None] = lambda step, losses: None,
+    losses: list[float] | None = None,
 ) -> list[float]:
-    """One optimizer step per batch (dynamic padding, gradient clipping); returns the losses. A progress
-    bar shows pairs/s and the running loss on a terminal."""
+    """One pass over a prepared loader: forward, backward, clip and step as accelerate accumulates them.
+    Returns the loss of every micro-batch this process ran (appended to `losses` when given). A progress bar
+    shows pairs/s and the running loss on a terminal."""
     model.train()
-    losses = []
-    with progress(sum(len(indices) for indices in batches), description) as bar:
-        for indices in batches:
-            loss = model(**model_inputs(model, collate(split, indices, pad_token_id))).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+    losses = [] if losses is None else losses
+    steps = 0
+    with progress(len(loader), description, unit="batch") as bar:
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**model_inputs(accelerator.unwrap_model(model), batch)).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
-            bar.update(len(indices))
+            bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses):.4f}", refresh=False)
+            if accelerator.sync_gradients:
+                steps += 1
+                on_optimizer_step(steps, losses)
     return losses
 
 
@@ -128,36 +223,81 @@ def fine_tune(
     seed: int,
     pad_token_id: int,
     eval_batch_size: int,
+    accelerator: Accelerator,
+    settings: EngineSettings = EngineSettings(),
+    checkpoints: Checkpoints | None = None,
     on_epoch_end: Callable[[EpochResult], None] = lambda _: None,
     log: Callable[[str], None] = print,
-) -> FineTuneResult:
-    """Fine-tune `model` on `train` with the recipe, validating after each epoch."""
+) -> tuple[PreTrainedModel, FineTuneResult]:
+    """Fine-tune `model` on `train` with the recipe, validating after each epoch; returns the trained model
+    (unwrapped) and the per-epoch results. With `checkpoints`, the full training state is saved after every
+    epoch (and every settings.checkpoint_every_steps optimizer steps) and, when one is there, training goes
+    on from the newest intact checkpoint exactly where it stopped."""
     set_seed(seed)
-    rng = np.random.default_rng(seed)
-    optimizer, scheduler = build_optimizer(
-        model, recipe, math.ceil(len(train) / recipe.batch_size) * recipe.epochs
+    micro = micro_batch_size(
+        recipe.batch_size, settings.gradient_accumulation_steps, accelerator.num_processes
     )
+    micro_batches_per_epoch = len(length_grouped_batches(train.lengths, micro, np.random.default_rng(seed)))
+    total_steps = math.ceil(micro_batches_per_epoch / settings.gradient_accumulation_steps) * recipe.epochs
+    optimizer, scheduler = build_optimizer(model, recipe, total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    state = TrainingState.start(np.random.default_rng(seed))
     result = FineTuneResult(select_best_epoch=recipe.select_best_epoch)
-    for epoch in range(1, recipe.epochs + 1):
-        started = time.perf_counter()
-        batches = length_grouped_batches(train.lengths, recipe.batch_size, rng)
-        losses = train_steps(
+    if checkpoints is not None:
+        restored = checkpoints.restore(accelerator, log)
+        if restored is not None:
+            state, result.resumed_from = restored
+            log(f"resumed from checkpoint {result.resumed_from}: epoch {state.epoch}, step {state.step}")
+    result.epochs = [EpochResult(**values) for values in state.results]
+    result.train_seconds, result.train_samples = state.train_seconds, state.train_samples
+    result.best_epoch, result.best_validation_accuracy = state.best_epoch, state.best_validation_accuracy
+
+    def save(step: int, losses: list[float], epoch_seconds: float) -> None:
+        if checkpoints is not None:
+            state.step, state.epoch_losses, state.epoch_seconds = step, list(losses), epoch_seconds
+            checkpoints.save(accelerator, state, accelerator.unwrap_model(model))
+
+    while state.epoch <= recipe.epochs:
+        epoch = state.epoch
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state.epoch_rng_state
+        batches = length_grouped_batches(train.lengths, micro, rng)
+        loader = accelerator.prepare(batch_loader(train, batches, pad_token_id))
+        consumed, losses = state.step, list(state.epoch_losses)
+        if consumed:
+            loader = accelerator.skip_first_batches(loader, consumed)
+        started, earlier = time.perf_counter(), state.epoch_seconds
+
+        def every_steps(
+            step: int, losses: list[float], started: float = started, earlier: float = earlier
+        ) -> None:
+            every = settings.checkpoint_every_steps
+            if every and step % every == 0:  # one loss per micro-batch run this epoch, restored ones included
+                save(len(losses), losses, earlier + time.perf_counter() - started)
+
+        description = f"epoch {epoch}/{recipe.epochs}"
+        train_steps(
+            accelerator,
             model,
-            train,
-            batches,
+            loader,
             optimizer,
             scheduler,
-            pad_token_id,
             recipe.max_grad_norm,
-            f"epoch {epoch}/{recipe.epochs}",
+            description,
+            every_steps,
+            losses,
         )
-        result.train_seconds += time.perf_counter() - started
+        seconds = earlier + time.perf_counter() - started
+        result.train_seconds += seconds
         result.train_samples += len(train)
-        validation_predictions = predict(model, validation, eval_batch_size, pad_token_id)
+        trained = accelerator.unwrap_model(model)
+        validation_predictions = predict(trained, validation, eval_batch_size, pad_token_id, accelerator)
         scores = classification_metrics(validation.labels, validation_predictions.labels)
-        epoch_result = EpochResult(
-            epoch, float(np.mean(losses)), scores["accuracy"], scores["f1"], time.perf_counter() - started
+        mean_loss = accelerator.reduce(
+            torch.tensor(float(np.mean(losses)), device=accelerator.device), "mean"
         )
+        epoch_result = EpochResult(epoch, float(mean_loss), scores["accuracy"], scores["f1"], seconds)
         result.epochs.append(epoch_result)
         log(
             f"epoch {epoch}/{recipe.epochs}: train_loss {epoch_result.train_loss:.4f}  "
@@ -166,9 +306,13 @@ def fine_tune(
         )
         on_epoch_end(epoch_result)
         if recipe.select_best_epoch and epoch_result.validation_accuracy > result.best_validation_accuracy:
-            best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
             result.best_epoch, result.best_validation_accuracy = epoch, epoch_result.validation_accuracy
-    if recipe.select_best_epoch and result.best_epoch != recipe.epochs:
-        model.load_state_dict(best_state)
+            state.best_weights = {name: t.detach().clone() for name, t in trained.state_dict().items()}
+        state.finish_epoch(rng, epoch_result, result)
+        save(0, [], 0.0)
+
+    trained = accelerator.unwrap_model(model)
+    if recipe.select_best_epoch and result.best_epoch != recipe.epochs and state.best_weights is not None:
+        trained.load_state_dict(state.best_weights)
         log(f"kept epoch {result.best_epoch}'s weights (best validation accuracy)")
-    return result
+    return trained, result

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from parabench.config import ConfigError, Params, Recipe, RunOptions
-from parabench.models.zoo import ModelSpec, get_spec
+from parabench.models.zoo import ModelSpec, get_spec, require_hardware
+from parabench.training.engine import EngineSettings, check_mixed_precision, default_mixed_precision
 
 FIELD_DEFAULTS = {
     name: field.default for name, field in Recipe.model_fields.items() if not field.is_required()
@@ -33,6 +34,9 @@ class RunPlan:
     eval_batch_size: int
     inference_path: str
     data_version: str
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    keep_checkpoints: bool = False
+    load_in_4bit: bool = False
 
     @property
     def fingerprint(self) -> str:
@@ -46,11 +50,24 @@ class RunPlan:
         values |= {"max_train_samples": self.max_train_samples or 0, "max_length": self.max_length}
         if self.max_eval_samples is not None:
             values["max_eval_samples"] = self.max_eval_samples
+        # How the numbers are computed, where it differs from the CPU's fp32 default.
+        if self.engine.mixed_precision != "no":
+            values["mixed_precision"] = self.engine.mixed_precision
+        if self.engine.gradient_accumulation_steps != 1:
+            values["gradient_accumulation_steps"] = self.engine.gradient_accumulation_steps
+        if self.load_in_4bit:
+            values["load_in_4bit"] = True
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
     def run_name(self) -> str:
         return f"{self.spec.key}-seed{self.seed}"
+
+    @property
+    def checkpoint_name(self) -> str:
+        """The folder of this run's checkpoints: the same run resumes from it, any other run cannot."""
+        model = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.spec.key)
+        return f"{model}-seed{self.seed}-{self.fingerprint}-{self.data_version[:12]}"
 
     def tags(self) -> dict[str, str]:
         """What identifies the run in searches: model, class, family, seed, data version, fingerprint."""
@@ -81,6 +98,10 @@ class RunPlan:
             "data_version": self.data_version,
             "recipe_fingerprint": self.fingerprint,
             "eval_path": f"{self.inference_path}-inference_mode-length_sorted-dynamic_padding",
+            "mixed_precision": self.engine.mixed_precision,
+            "gradient_accumulation_steps": self.engine.gradient_accumulation_steps,
+            "checkpoint_every_steps": self.engine.checkpoint_every_steps,
+            "load_in_4bit": self.load_in_4bit,
         }
 
 
@@ -94,6 +115,7 @@ def plan_run(
 ) -> RunPlan:
     """The run the options describe (model and seed may be given apart, as a sweep does per model/seed)."""
     spec = get_spec(model or options.model or params.train.model, params)
+    require_hardware(spec, bool(options.load_in_4bit))
     recipe_name = recipe_name_for(params, spec, options.recipe)
     recipe = params.recipe(recipe_name).with_overrides(**options.recipe_overrides())
     caps = {
@@ -115,6 +137,13 @@ def plan_run(
         eval_batch_size=params.train.eval_batch_size,
         inference_path=params.inference.path,
         data_version=data_version,
+        engine=EngineSettings(
+            mixed_precision=check_mixed_precision(options.mixed_precision or default_mixed_precision()),
+            gradient_accumulation_steps=options.gradient_accumulation_steps or 1,
+            checkpoint_every_steps=options.checkpoint_every_steps or None,
+        ),
+        keep_checkpoints=bool(options.keep_checkpoints),
+        load_in_4bit=bool(options.load_in_4bit),
         **caps,
     )
 

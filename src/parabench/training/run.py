@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from parabench.models.zoo import (
 )
 from parabench.serving.pyfunc import log_paraphrase_model
 from parabench.tracking import client as tracking
-from parabench.training.engine import fine_tune, set_seed
+from parabench.training.checkpoints import Checkpoints
+from parabench.training.engine import fine_tune, make_accelerator, set_seed
 from parabench.training.metrics import classification_metrics
 from parabench.training.plan import RunPlan
 
@@ -40,6 +42,7 @@ class RunSummary:
     model: str
     seed: int
     metrics: dict[str, float]
+    main_process: bool = True  # False in the other processes of a multi-process launch (they log nothing)
 
 
 def subsample(frame: pd.DataFrame, max_samples: int | None, seed: int) -> pd.DataFrame:
@@ -80,37 +83,52 @@ def train_and_track(
     extra_tags: dict[str, str] | None = None,
 ) -> RunSummary:
     """Fine-tune one model with one seed on validated MRPC, as the plan says, and log everything to MLflow.
-    Everything that can fail on the user's input (data, weights, model folder) fails before a run exists."""
+
+    Everything that can fail on the user's input (data, weights, model folder) fails before a run exists.
+    Under a multi-process launch every process trains its share and only the main one talks to MLflow: one
+    run. When checkpoints of the same run are on disk (a crash, a kill -9), it goes on from the newest intact
+    one, in the same MLflow run."""
     spec, recipe, seed = plan.spec, plan.recipe, plan.seed
     require_validated(params)
     weights = resolve_weights(spec, params)
     if params.train.num_threads is not None:
         torch.set_num_threads(params.train.num_threads)
+    accelerator = make_accelerator(plan.engine)
+    main = accelerator.is_main_process
+    say = log if main else lambda _: None  # one process speaks for all
 
     frames = load_frames(params.path(params.data.processed_dir))
     frames["train"] = subsample(frames["train"], plan.max_train_samples, seed)
     for split in ("validation", "test"):
         frames[split] = subsample(frames[split], plan.max_eval_samples, seed)
     set_seed(seed)
-    tokenizer, model = load_tokenizer_and_model(spec, params, weights=weights)
+    tokenizer, model = load_tokenizer_and_model(spec, params, weights=weights, load_in_4bit=plan.load_in_4bit)
     encoded = {split: encode_frame(tokenizer, frame, plan.max_length) for split, frame in frames.items()}
+    checkpoints = Checkpoints(params.path(params.train.checkpoint_dir) / plan.checkpoint_name)
+    resumed = checkpoints.run_id()
 
-    experiment_id = tracking.configure(params)
-    with tracking.tracked_run(plan.run_name, {**plan.tags(), **(extra_tags or {})}, nested=nested) as run:
-        tracking.log_params(
-            {
-                **plan.logged_params(),
-                "model_source": str(weights),
-                "train_samples": len(frames["train"]),
-                "git_commit": tracking.git_commit(params.root),
-                "dtype": str(next(model.parameters()).dtype),
-                **tracking.hardware(model),
-                **({f"lora_{k}": v for k, v in params.lora.model_dump().items()} if spec.lora else {}),
-            }
-        )
+    experiment_id = tracking.configure(params) if main else ""
+    tags = {**plan.tags(), **(extra_tags or {})}
+    run_context = tracking.tracked_run(plan.run_name, tags, nested, resumed) if main else nullcontext()
+    with run_context as run:
+        if main and resumed is None:
+            tracking.log_params(
+                {
+                    **plan.logged_params(),
+                    "model_source": str(weights),
+                    "train_samples": len(frames["train"]),
+                    "git_commit": tracking.git_commit(params.root),
+                    "dtype": str(next(model.parameters()).dtype),
+                    **tracking.hardware(accelerator.device),
+                    "num_processes": accelerator.num_processes,
+                    **(lora_params(params, model) if spec.lora else {}),
+                }
+            )
+        if main:
+            checkpoints.bind(run.info.run_id)
         pad_token_id = tokenizer.pad_token_id
-        log(f"training {spec.key} (seed {seed}) on {len(frames['train'])} pairs: {recipe}")
-        fit = fine_tune(
+        say(f"training {spec.key} (seed {seed}) on {len(frames['train'])} pairs: {recipe}")
+        model, fit = fine_tune(
             model,
             encoded["train"],
             encoded["validation"],
@@ -118,23 +136,32 @@ def train_and_track(
             seed,
             pad_token_id,
             plan.eval_batch_size,
-            on_epoch_end=lambda epoch: tracking.log_epoch(
-                epoch.epoch,
-                {
-                    "train_loss": epoch.train_loss,
-                    "validation_accuracy": epoch.validation_accuracy,
-                    "validation_f1": epoch.validation_f1,
-                },
+            accelerator,
+            plan.engine,
+            checkpoints,
+            on_epoch_end=lambda epoch: (
+                main
+                and tracking.log_epoch(
+                    epoch.epoch,
+                    {
+                        "train_loss": epoch.train_loss,
+                        "validation_accuracy": epoch.validation_accuracy,
+                        "validation_f1": epoch.validation_f1,
+                    },
+                )
             ),
-            log=log,
+            log=say,
         )
+        if main and fit.resumed_from:
+            mlflow.set_tag("parabench.resumed_from", fit.resumed_from)
         model = merge_lora(model) if spec.lora else model
         final, test_predictions = evaluate_splits(
             prepare_for_inference(model, plan.inference_path),
             encoded,
             plan.eval_batch_size,
             pad_token_id,
-            log,
+            say,
+            accelerator,
         )
         final |= {
             "kept_epoch": fit.kept_epoch,
@@ -143,10 +170,25 @@ def train_and_track(
             "num_parameters": count_parameters(model),
             "model_size_mb": model_size_mb(model),
         }
-        tracking.log_params({"num_parameters": final["num_parameters"]})
-        log_run_artifacts(model, tokenizer, frames["test"], encoded["test"], test_predictions, final, plan)
-        tracking.log_final_metrics(final)
-    return RunSummary(run.info.run_id, experiment_id, spec.key, seed, final)
+        if main:
+            tracking.log_params({"num_parameters": final["num_parameters"]})
+            test = (frames["test"], encoded["test"], test_predictions)
+            log_run_artifacts(model, tokenizer, *test, final, plan)
+            tracking.log_final_metrics(final)
+        accelerator.wait_for_everyone()
+    if main and not plan.keep_checkpoints:
+        checkpoints.clear()
+    run_id = run.info.run_id if main else ""
+    return RunSummary(run_id, experiment_id, spec.key, seed, final, main)
+
+
+def lora_params(params: Params, model: Any) -> dict[str, Any]:
+    """The LoRA settings and the modules they were applied to (peft picks them per architecture)."""
+    config = model.peft_config["default"]
+    return {
+        **{f"lora_{k}": v for k, v in params.lora.model_dump().items()},
+        "lora_target_modules": ",".join(sorted(config.target_modules or [])),
+    }
 
 
 def evaluate_splits(
@@ -155,12 +197,13 @@ def evaluate_splits(
     batch_size: int,
     pad_token_id: int,
     log: Callable[[str], None],
+    accelerator: Any = None,
 ) -> tuple[dict[str, float], Predictions]:
     """Accuracy and F1 on every split; returns them with the test predictions (timed, for throughput)."""
     metrics: dict[str, float] = {}
     predictions: dict[str, Predictions] = {}
     for split in SPLITS:
-        predictions[split] = predict(model, encoded[split], batch_size, pad_token_id)
+        predictions[split] = predict(model, encoded[split], batch_size, pad_token_id, accelerator)
         scores = classification_metrics(encoded[split].labels, predictions[split].labels)
         prefix = "final_validation" if split == "validation" else split  # the per-epoch curve keeps its name
         metrics |= {f"{prefix}_{name}": value for name, value in scores.items()}
