@@ -215,6 +215,21 @@ def bench(
         fail(error)
 
 
+@command(app, "gpu-check")
+def gpu_check(
+    minilm: Annotated[
+        Path | None, typer.Option(help="all-MiniLM-L6-v2 folder (default: the embedded wheel's).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs per model.", min=1)] = 1,
+) -> None:
+    """On a CUDA machine: tiny-bert and all-MiniLM-L6-v2 fine-tuned in bf16, GPU pairs/s, resume after a stop;
+    writes reports/gpu_check.json (params.yaml bench.gpu_output)."""
+    from parabench.checks.gpu import gpu_check as run_check
+
+    report = run_check(load_params(), minilm, epochs, log=typer.echo)
+    typer.echo(json.dumps(report, indent=2))
+
+
 def chosen_models(value: str | None, params: Params) -> list[str] | None:
     """--models of report/promote: None (every model swept) when not given, else the checked keys."""
     from parabench.study.sweep import parse_models

@@ -185,6 +185,7 @@ class BenchParams(Section):
     train_steps: Positive
     assumed_fma_units: Positive
     output: Path
+    gpu_output: Path
 
 
 class MlflowParams(Section):
