@@ -166,3 +166,14 @@ def test_a_broken_model_folder_fails_in_one_line_before_any_run(
     (folder / "model.safetensors").write_bytes(b"")
     got, _, err = user(capsys, "train", "--model", str(folder), "--epochs", "1", "--max-train-samples", "8")
     assert_one_line(got, err, 1, text, tmp_path / "store.db")
+
+
+def test_an_unreachable_tracking_server_is_one_line_before_any_run(
+    user: Callable[..., tuple],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    got, _, err = user(capsys, "train", "--model", "tiny-bert", "--epochs", "1", "--max-train-samples", "8")
+    assert_one_line(got, err, 1, "tracking server http://127.0.0.1:9 does not answer", tmp_path / "store.db")

@@ -254,6 +254,10 @@ def main() -> None:
     except ParabenchError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except OSError as error:  # a full disk, a folder it may not write: one line naming the cause
+        where = f": {error.filename}" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}", file=sys.stderr)
+        sys.exit(1)
     except (KeyboardInterrupt, RunKilled):
         print(
             "interrupted: the run was marked KILLED; run the same command again to start it over",

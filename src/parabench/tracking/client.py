@@ -19,7 +19,7 @@ from filelock import FileLock
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
-from parabench.common.processes import process_alive
+from parabench.common.processes import http_ok, process_alive
 from parabench.config import ParabenchError, Params
 
 # Scores of the model the run ends with. The validation scores carry `final_`, since `validation_accuracy` and
@@ -81,6 +81,7 @@ def configure(params: Params) -> str:
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file is noise
     uri = tracking_uri(params)
+    require_reachable(uri)
     mlflow.set_tracking_uri(uri)
     with store_lock(uri):
         experiment_id = launch_experiment_id()
@@ -91,6 +92,16 @@ def configure(params: Params) -> str:
             experiment_id = mlflow.set_experiment(name).experiment_id
     fail_orphaned_runs(experiment_id)
     return experiment_id
+
+
+def require_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """A tracking server must answer /health now: MLflow itself would retry for minutes, then fail with a
+    traceback, after the training's work was done."""
+    if uri.startswith(("http://", "https://")) and not http_ok(f"{uri.rstrip('/')}/health", timeout_s):
+        raise ParabenchError(
+            f"the MLflow tracking server {uri} does not answer (MLFLOW_TRACKING_URI): start it "
+            "(`parabench server start`) or point MLFLOW_TRACKING_URI at one that runs"
+        )
 
 
 def launch_experiment_id() -> str | None:
