@@ -18,7 +18,7 @@ from parabench.models.zoo import get_spec, load_tokenizer_and_model
 
 BENCH_SETTINGS = (
     "bench:\n  passes: 1\n  eval_samples: 48\n  train_steps: 2\n  assumed_fma_units: 2\n"
-    "  output: reports/bench.json\n"
+    "  output: reports/bench.json\n  gpu_output: reports/gpu_check.json\n"
 )
 
 
