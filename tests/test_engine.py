@@ -41,6 +41,11 @@ def project(validated_project: Path, tmp_path_factory: pytest.TempPathFactory) -
         yield load_params(folder / "params.yaml")
 
 
+def client() -> MlflowClient:
+    """A client on the project's store (the one the CLI subprocesses log to), whatever earlier tests set."""
+    return MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+
+
 def train(params: Params, **options: object) -> RunSummary:
     given = RunOptions(**{"model": "tiny-bert", "epochs": 1, "max_train_samples": 64, **options})
     return train_and_track(params, plan_run(params, given, require_validated(params)), log=lambda _: None)
@@ -61,12 +66,12 @@ def run_of(output: str) -> str:
 
 
 def curve_and_finals(run_id: str) -> tuple[dict[str, list[tuple[int, float]]], dict[str, float]]:
-    client = MlflowClient()
+    store = client()
     curves = {
-        name: sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
+        name: sorted((m.step, m.value) for m in store.get_metric_history(run_id, name))
         for name in EPOCH_METRICS
     }
-    metrics = client.get_run(run_id).data.metrics
+    metrics = store.get_run(run_id).data.metrics
     return curves, {name: metrics[name] for name in FINAL_METRICS if "per_second" not in name}
 
 
@@ -100,10 +105,10 @@ def test_kill_9_then_the_same_command_resumes_to_the_uninterrupted_result(projec
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from checkpoint checkpoint-0002-0000000" in resumed.stdout
     assert curve_and_finals(run_of(resumed.stdout)) == curve_and_finals(run_of(whole.stdout))
-    runs = MlflowClient().search_runs([MlflowClient().get_run(run_of(whole.stdout)).info.experiment_id])
+    runs = client().search_runs([client().get_run(run_of(whole.stdout)).info.experiment_id])
     assert [run.info.status for run in runs].count("RUNNING") == 0
     assert len(runs) == 2, "the resumed run is the interrupted one, not a third"
-    tags = MlflowClient().get_run(run_of(resumed.stdout)).data.tags
+    tags = client().get_run(run_of(resumed.stdout)).data.tags
     assert tags["parabench.resumed_from"] == "checkpoint-0002-0000000"
 
 
@@ -129,7 +134,7 @@ def test_two_processes_under_torchrun_log_one_run_with_every_pair_once(project: 
     done = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run id: ") == 1
-    run = MlflowClient().get_run(run_of(done.stdout))
+    run = client().get_run(run_of(done.stdout))
     assert run.info.status == "FINISHED" and run.data.params["num_processes"] == "2"
     import mlflow
 
@@ -146,17 +151,17 @@ def test_two_processes_under_torchrun_log_one_run_with_every_pair_once(project: 
 def test_gradient_accumulation_keeps_the_effective_batch(project: Params) -> None:
     whole = train(project, batch_size=32, seed=9)
     accumulated = train(project, batch_size=32, gradient_accumulation_steps=4, seed=9)
-    client = MlflowClient()
-    losses = [client.get_metric_history(s.run_id, "train_loss")[0].value for s in (whole, accumulated)]
+    store = client()
+    losses = [store.get_metric_history(s.run_id, "train_loss")[0].value for s in (whole, accumulated)]
     assert losses[1] == pytest.approx(losses[0], rel=0.05)
-    assert client.get_run(accumulated.run_id).data.params["gradient_accumulation_steps"] == "4"
+    assert store.get_run(accumulated.run_id).data.params["gradient_accumulation_steps"] == "4"
     with pytest.raises(Exception, match="not divisible"):
         train(project, batch_size=32, gradient_accumulation_steps=3)
 
 
 def test_bf16_autocast_runs_on_the_cpu(project: Params) -> None:
     summary = train(project, mixed_precision="bf16", seed=4)
-    params = MlflowClient().get_run(summary.run_id).data.params
+    params = client().get_run(summary.run_id).data.params
     assert params["mixed_precision"] == "bf16" and params["hardware_device"] == "cpu"
     assert 0.0 <= summary.metrics["test_accuracy"] <= 1.0
     assert json.loads(json.dumps(summary.metrics))  # every metric is a plain number
@@ -165,7 +170,7 @@ def test_bf16_autocast_runs_on_the_cpu(project: Params) -> None:
 def test_system_metrics_are_recorded(project: Params, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # MLflow's own knob (default 10 s)
     summary = train(project, seed=8)
-    metrics = MlflowClient().get_run(summary.run_id).data.metrics
+    metrics = client().get_run(summary.run_id).data.metrics
     assert any(name.startswith("system/") for name in metrics)
 
 
@@ -181,5 +186,5 @@ def test_a_7b_model_on_a_cpu_machine_is_refused_at_once(project: Params) -> None
 
 def test_tiny_llama_trains_lora_and_logs_its_target_modules(project: Params) -> None:
     summary = train(project, model="tiny-llama", seed=3)
-    params = MlflowClient().get_run(summary.run_id).data.params
+    params = client().get_run(summary.run_id).data.params
     assert params["lora_r"] == "16" and params["lora_target_modules"]

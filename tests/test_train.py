@@ -25,7 +25,7 @@ from parabench.training.plan import plan_run
 from parabench.training.run import RunSummary, train_and_track
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_MODELS = sorted(key for key in load_zoo() if key.startswith("tiny-"))
+TINY_MODELS = sorted(key for key, spec in load_zoo().items() if key.startswith("tiny-") and spec.head is None)
 EXPECTED_PARAMS = {
     "model",
     "size_class",
@@ -67,12 +67,17 @@ def train(params: Params, model: str, seed: int, **options: object) -> RunSummar
     return train_and_track(params, plan, log=lambda _: None)
 
 
+def store() -> MlflowClient:
+    """A client on the project's store (where the CLI and `mlflow run` log), whatever earlier tests set."""
+    return MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+
+
 def runs_in(status: str) -> list:
-    return [run for run in MlflowClient().search_runs(search_all_experiments()) if run.info.status == status]
+    return [run for run in store().search_runs(search_all_experiments()) if run.info.status == status]
 
 
 def search_all_experiments() -> list[str]:
-    return [experiment.experiment_id for experiment in MlflowClient().search_experiments()]
+    return [experiment.experiment_id for experiment in store().search_experiments()]
 
 
 @pytest.mark.parametrize("model_key", TINY_MODELS)
@@ -254,8 +259,8 @@ def test_mlflow_run_with_an_experiment_name_and_the_sweep_entry_point(train_proj
         "named-by-user",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    experiment = MlflowClient().get_experiment_by_name("named-by-user")
-    runs = MlflowClient().search_runs([experiment.experiment_id])
+    experiment = store().get_experiment_by_name("named-by-user")
+    runs = store().search_runs([experiment.experiment_id])
     assert {run.info.status for run in runs} == {"FINISHED"}
     assert sum("seed" in run.data.tags and run.data.tags.get("sweep") != "parent" for run in runs) == 1
 

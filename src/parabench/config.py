@@ -166,6 +166,15 @@ class LoraParams(Section):
     bias: Literal["none", "all", "lora_only"]
 
 
+class BaselineParams(Section):
+    """The sentence-embedding baselines (zoo entries with a `head`): a frozen encoder's mean-pooled embeddings
+    scored by a cosine threshold or a logistic regression, both chosen on the validation split."""
+
+    c_grid: Annotated[list[PositiveFloat], Field(min_length=1)]  # logreg: the C values tried
+    max_iter: Positive  # logreg: lbfgs iterations
+    embed_batch_size: Positive | None = None  # sentences per batch; None: train.eval_batch_size
+
+
 class HubParams(Section):
     reachability_timeout_s: PositiveFloat
 
@@ -273,6 +282,7 @@ class Params(Section):
     train: TrainParams
     recipes: Annotated[dict[Name, Recipe], Field(min_length=1)]
     lora: LoraParams
+    baselines: BaselineParams
     hub: HubParams
     tiny: TinyParams
     inference: InferenceParams

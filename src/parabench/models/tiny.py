@@ -30,8 +30,8 @@ RECIPE_FILE = "parabench-tiny.json"
 
 
 def tiny_folder(spec: ModelSpec, params: Params) -> Path:
-    """Where the tiny model lives: <params tiny.dir>/<key>."""
-    return params.path(params.tiny.dir) / spec.key
+    """Where the tiny model lives: <params tiny.dir>/<key> (a baseline's: its encoder's)."""
+    return params.path(params.tiny.dir) / (spec.encoder or spec.key)
 
 
 def tiny_recipe(spec: ModelSpec, params: Params) -> dict[str, Any]:

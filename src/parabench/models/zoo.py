@@ -32,6 +32,7 @@ ZOO_FILE = Path(__file__).with_name("models.yaml")
 TINY_PREFIX = "tiny:"
 EMBEDDED_PREFIX = "embedded:"
 SIZE_CLASSES = ("small", "regular", "large")
+HEADS = ("cosine", "logreg")  # the sentence-embedding baselines' heads (training/baselines.py)
 CUSTOM_SIZE_CLASS = "custom"
 
 
@@ -47,6 +48,9 @@ class ModelSpec:
     lora: bool = False
     paper: dict[str, Any] = field(default_factory=dict)
     tiny: dict[str, Any] = field(default_factory=dict)
+    # A sentence-embedding baseline: `encoder` (a zoo key) frozen, its embeddings scored by `head` (HEADS).
+    head: str | None = None
+    encoder: str | None = None
 
     def __hash__(self) -> int:  # the dict fields are not hashable; key and source identify a spec
         return hash((self.key, self.source))
@@ -89,7 +93,13 @@ def families() -> dict[str, dict[str, Any]]:
 
 
 def make_spec(key: str, entry: dict[str, Any]) -> ModelSpec:
-    """A ModelSpec from one models.yaml entry, checked against the known families and size classes."""
+    """A ModelSpec from one models.yaml entry, checked against the known families and size classes. A baseline
+    entry (`encoder` + `head`) takes source, family, size class and tiny config from its encoder's entry."""
+    if "encoder" in entry:
+        encoder = zoo_document()["models"].get(entry["encoder"])
+        if encoder is None or "encoder" in encoder or entry.get("head") not in HEADS:
+            raise ParabenchError(f"{ZOO_FILE}: baseline '{key}' needs an encoder model and a head in {HEADS}")
+        entry = {**encoder, "recipe": None, "lora": False, "paper": None, **entry}
     spec = ModelSpec(
         key=key,
         source=entry["source"],
@@ -99,6 +109,8 @@ def make_spec(key: str, entry: dict[str, Any]) -> ModelSpec:
         lora=bool(entry.get("lora", False)),
         paper=dict(entry.get("paper") or {}),
         tiny=dict(entry.get("tiny") or {}),
+        head=entry.get("head"),
+        encoder=entry.get("encoder"),
     )
     if spec.family not in families() or spec.size_class not in SIZE_CLASSES:
         raise ParabenchError(f"{ZOO_FILE}: model '{key}' has an unknown family or size class")
@@ -324,7 +336,9 @@ def zoo_table(params: Params) -> list[dict[str, Any]]:
             "key": spec.key,
             "family": spec.family,
             "size_class": spec.size_class,
-            "recipe": (spec.recipe or params.train.recipe) + (" + LoRA" if spec.lora else ""),
+            "recipe": f"frozen + {spec.head}"
+            if spec.head
+            else (spec.recipe or params.train.recipe) + (" + LoRA" if spec.lora else ""),
             "source": spec.source,
             "paper_test_accuracy": spec.paper.get("test_accuracy"),
             "available": "yes" if available_locally(spec, params) else "no",

@@ -199,10 +199,13 @@ def log_paraphrase_model(
     batch_size: int,
     inference_path: str,
     limits: RequestLimits | None = None,
+    model_code: Path = MODEL_CODE_FILE,
+    extra: tuple[dict[str, str], dict[str, Any]] = ({}, {}),
 ) -> str:
     """Log a saved model folder (save_pretrained output) as the run's MLflow model, from code (no pickle);
     returns its URI. The request limits default to params.yaml `serve:`; `parabench serve` can still change
-    them without re-logging (SERVING_MODEL_CONFIG)."""
+    them without re-logging (SERVING_MODEL_CONFIG). Another served class (serving/baseline.py) passes its own
+    code file and `extra` (more artifacts, more model_config)."""
     import parabench
 
     if limits is None:
@@ -212,9 +215,9 @@ def log_paraphrase_model(
     config = {"max_length": max_length, "eval_batch_size": batch_size, "inference_path": inference_path}
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=str(MODEL_CODE_FILE),
-        model_config={**config, **limits.as_config()},
-        artifacts={WEIGHTS_ARTIFACT: str(weights_dir)},
+        python_model=str(model_code),
+        model_config={**config, **extra[1], **limits.as_config()},
+        artifacts={WEIGHTS_ARTIFACT: str(weights_dir), **extra[0]},
         signature=SIGNATURE,
         input_example=INPUT_EXAMPLE,
         code_paths=[str(Path(parabench.__file__).parent)],

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from parabench.common.files import write_json
 from parabench.config import MAX_SEED, ConfigError, ParabenchError, Params, RunOptions
 from parabench.data.validate import require_validated
-from parabench.models.zoo import get_spec
+from parabench.models.zoo import get_spec, load_zoo
 from parabench.tracking import client as tracking
 from parabench.training.plan import RunPlan, plan_run
 from parabench.training.run import train_and_track
@@ -311,8 +311,14 @@ def sweeps_by_model(
     for model, sweeps in found.items():
         default = default_fingerprint(params, model, data_version)
         sweeps.sort(key=lambda sweep: sweep.identity.recipe_fingerprint != default)  # stable: newest next
-    order = models if models is not None else list(found)
+    order = models if models is not None else zoo_order(found)
     return {model: found[model] for model in order if model in found}
+
+
+def zoo_order(models: Iterable[str]) -> list[str]:
+    """Models in models.yaml's order (local folders after, by name): ties between them go to the first."""
+    position = {key: index for index, key in enumerate(load_zoo())}
+    return sorted(models, key=lambda key: (position.get(key, len(position)), key))
 
 
 def default_fingerprint(params: Params, model: str, data_version: str) -> str | None:

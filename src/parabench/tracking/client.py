@@ -105,7 +105,12 @@ def require_reachable(uri: str, timeout_s: float = 5.0) -> None:
 
 
 def launch_experiment_id() -> str | None:
-    """The experiment of the run `mlflow run` launched this process for (MLFLOW_RUN_ID), else None."""
+    """The experiment of the run this process works under: the active run's (a sweep's parent, once MLflow
+    has taken over the launch run and cleared MLFLOW_RUN_ID), else the run `mlflow run` launched this process
+    for (MLFLOW_RUN_ID); None when there is neither."""
+    active = mlflow.active_run()
+    if active is not None:
+        return active.info.experiment_id
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if run_id:
         try:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from parabench.config import ConfigError, Params, Recipe, RunOptions
+from parabench.config import BaselineParams, ConfigError, Params, Recipe, RunOptions
 from parabench.models.zoo import ModelSpec, get_spec, require_hardware
 from parabench.training.engine import EngineSettings, check_mixed_precision, default_mixed_precision
 
@@ -37,6 +37,7 @@ class RunPlan:
     engine: EngineSettings = field(default_factory=EngineSettings)
     keep_checkpoints: bool = False
     load_in_4bit: bool = False
+    baselines: BaselineParams | None = None  # params.yaml `baselines:`, for a baseline (spec.head) only
 
     @property
     def fingerprint(self) -> str:
@@ -47,6 +48,10 @@ class RunPlan:
             for name, value in self.recipe.model_dump().items()
             if name not in FIELD_DEFAULTS or FIELD_DEFAULTS[name] != value
         }
+        if self.spec.head is not None and self.baselines is not None:  # no recipe: what the head is fit by
+            values = {"head": self.spec.head}
+            if self.spec.head == "logreg":
+                values |= self.baselines.model_dump(include={"c_grid", "max_iter"})
         values |= {"max_train_samples": self.max_train_samples or 0, "max_length": self.max_length}
         if self.max_eval_samples is not None:
             values["max_eval_samples"] = self.max_eval_samples
@@ -144,6 +149,7 @@ def plan_run(
         ),
         keep_checkpoints=bool(options.keep_checkpoints),
         load_in_4bit=bool(options.load_in_4bit),
+        baselines=params.baselines if spec.head else None,
         **caps,
     )
 

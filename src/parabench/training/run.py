@@ -89,6 +89,10 @@ def train_and_track(
     run. When checkpoints of the same run are on disk (a crash, a kill -9), it goes on from the newest intact
     one, in the same MLflow run."""
     spec, recipe, seed = plan.spec, plan.recipe, plan.seed
+    if spec.head is not None:  # a sentence-embedding baseline: frozen encoder + head, no fine-tuning
+        from parabench.training.baselines import track_baseline
+
+        return track_baseline(params, plan, log, nested, extra_tags)
     require_validated(params)
     weights = resolve_weights(spec, params)
     if params.train.num_threads is not None:
