@@ -17,6 +17,8 @@ from parabench.checks.reliability import project_env as run_env
 from parabench.config import Params, load_params
 from parabench.study.sweep import latest_sweeps
 
+pytestmark = pytest.mark.slow  # servers and subprocess trainings: end-to-end
+
 TRAININGS = {"model": "tiny-bert", "epochs": 1, "max_train_samples": 16, "max_eval_samples": 32}
 
 

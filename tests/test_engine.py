@@ -138,7 +138,11 @@ def test_two_processes_under_torchrun_log_one_run_with_every_pair_once(project: 
     assert run.info.status == "FINISHED" and run.data.params["num_processes"] == "2"
     import mlflow
 
-    table = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="predictions_test.csv")
+    table = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id,
+        artifact_path="predictions_test.csv",
+        tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
+    )
     import pandas as pd
 
     predictions = pd.read_csv(table)

@@ -305,6 +305,7 @@ def test_the_champion_loads_from_code_with_its_limits(champion: Params) -> None:
     assert config["max_pairs"] == champion.serve.max_pairs and config["max_length"] > 0
 
 
+@pytest.mark.slow
 def test_a_version_logged_as_a_pickle_still_loads(champion: Params, tmp_path: Path) -> None:
     """Versions logged before models-from-code were cloudpickled ParaphraseModel objects: they still predict,
     with a warning that says to re-log them."""

@@ -15,6 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from parabench.config import PARAMS_ENV
 
+pytestmark = pytest.mark.slow  # servers and subprocess trainings: end-to-end
+
 TRAIN = ["train", "--model", "tiny-bert", "--epochs", "30", "--max-train-samples", "64", "--seed", "11"]
 
 

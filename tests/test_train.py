@@ -265,6 +265,7 @@ def test_mlflow_run_with_an_experiment_name_and_the_sweep_entry_point(train_proj
     assert sum("seed" in run.data.tags and run.data.tags.get("sweep") != "parent" for run in runs) == 1
 
 
+@pytest.mark.slow
 def test_mlflow_run_with_a_bad_parameter_is_one_line(train_project: Params) -> None:
     result = mlflow_run("-P", "model=tiny-bert", "-P", "epochs=-1")
     assert result.returncode != 0
