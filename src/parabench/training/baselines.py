@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
@@ -36,8 +35,7 @@ from parabench.training.plan import RunPlan
 from parabench.training.run import (
     SPLITS,
     RunSummary,
-    confusion_matrix_figure,
-    predictions_table,
+    log_evaluation_artifacts,
     subsample,
 )
 
@@ -223,14 +221,8 @@ def log_baseline_artifacts(
 ) -> None:
     """As a fine-tuning run's: confusion matrix, test predictions, metrics JSON, and the model (the encoder
     folder and the head's JSON, logged from code)."""
-    references = test_frame["label"].to_numpy()
-    figure = confusion_matrix_figure(references, test_predictions.labels, f"{plan.spec.key} — MRPC test")
-    mlflow.log_figure(figure, "confusion_matrix_test.png")
+    log_evaluation_artifacts(test_frame, test_predictions, final, plan)
     with tempfile.TemporaryDirectory() as folder:
-        csv_path = Path(folder) / "predictions_test.csv"
-        predictions_table(test_frame, test_predictions).to_csv(csv_path, index=False)
-        mlflow.log_artifact(str(csv_path))
-        tracking.log_json(final, "metrics.json")
         encoder_dir = Path(folder) / "encoder"
         encoder.save_pretrained(encoder_dir)
         tokenizer.save_pretrained(encoder_dir)

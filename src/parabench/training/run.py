@@ -218,6 +218,21 @@ def evaluate_splits(
     return metrics, predictions["test"]
 
 
+def log_evaluation_artifacts(
+    test_frame: pd.DataFrame, test_predictions: Predictions, final: dict[str, float], plan: RunPlan
+) -> None:
+    """What every run logs about its evaluation: the test confusion matrix, every test pair with its
+    prediction, and the final metrics as JSON."""
+    references = test_frame["label"].to_numpy()
+    figure = confusion_matrix_figure(references, test_predictions.labels, f"{plan.spec.key} — MRPC test")
+    mlflow.log_figure(figure, "confusion_matrix_test.png")
+    with tempfile.TemporaryDirectory() as folder:
+        csv_path = Path(folder) / "predictions_test.csv"
+        predictions_table(test_frame, test_predictions).to_csv(csv_path, index=False)
+        mlflow.log_artifact(str(csv_path))
+    tracking.log_json(final, "metrics.json")
+
+
 def log_run_artifacts(
     model: Any,
     tokenizer: Any,
@@ -228,13 +243,8 @@ def log_run_artifacts(
     plan: RunPlan,
 ) -> None:
     """Confusion matrix, test predictions, metrics JSON, and the model (saved whole, then logged)."""
-    figure = confusion_matrix_figure(test.labels, test_predictions.labels, f"{plan.spec.key} — MRPC test")
-    mlflow.log_figure(figure, "confusion_matrix_test.png")
+    log_evaluation_artifacts(test_frame, test_predictions, final, plan)
     with tempfile.TemporaryDirectory() as folder:
-        csv_path = Path(folder) / "predictions_test.csv"
-        predictions_table(test_frame, test_predictions).to_csv(csv_path, index=False)
-        mlflow.log_artifact(str(csv_path))
-        tracking.log_json(final, "metrics.json")
         weights_dir = Path(folder) / "weights"
         model.save_pretrained(weights_dir)
         tokenizer.save_pretrained(weights_dir)
