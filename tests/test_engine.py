@@ -192,3 +192,19 @@ def test_tiny_llama_trains_lora_and_logs_its_target_modules(project: Params) -> 
     summary = train(project, model="tiny-llama", seed=3)
     params = client().get_run(summary.run_id).data.params
     assert params["lora_r"] == "16" and params["lora_target_modules"]
+
+
+def test_checkpoints_of_a_run_in_another_store_start_over(
+    project: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = RunOptions(model="tiny-bert", epochs=1, max_train_samples=64, seed=31, keep_checkpoints=True)
+    plan = plan_run(project, options, require_validated(project))
+    first = train_and_track(project, plan, log=lambda _: None)
+    folder = project.path(project.train.checkpoint_dir) / plan.checkpoint_name
+    assert any(folder.glob("checkpoint-*")), "--keep-checkpoints true keeps them"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+    said: list[str] = []
+    second = train_and_track(project, plan, log=said.append)
+    assert any(f"checkpoints of run {first.run_id} found" in line for line in said)
+    assert client().get_run(second.run_id).info.status == "FINISHED"
+    assert "parabench.resumed_from" not in client().get_run(second.run_id).data.tags

@@ -104,6 +104,14 @@ def require_reachable(uri: str, timeout_s: float = 5.0) -> None:
         )
 
 
+def run_exists(run_id: str) -> bool:
+    """True when the run is in the current tracking store and not deleted."""
+    try:
+        return mlflow.MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
+
+
 def launch_experiment_id() -> str | None:
     """The experiment of the run this process works under: the active run's (a sweep's parent, once MLflow
     has taken over the launch run and cleared MLFLOW_RUN_ID), else the run `mlflow run` launched this process

@@ -112,6 +112,11 @@ def train_and_track(
     resumed = checkpoints.run_id()
 
     experiment_id = tracking.configure(params) if main else ""
+    if main and resumed is not None and not tracking.run_exists(resumed):
+        say(f"checkpoints of run {resumed} found, but that run is not in this tracking store: starting over")
+        checkpoints.clear()
+        resumed = None
+    accelerator.wait_for_everyone()
     tags = {**plan.tags(), **(extra_tags or {})}
     run_context = tracking.tracked_run(plan.run_name, tags, nested, resumed) if main else nullcontext()
     with run_context as run:
