@@ -12,8 +12,9 @@ import pytest
 import yaml
 from test_sweep import SWEPT_MODELS, invoke, project_env, swept_folder
 
-from parabench.checks.reliability import concurrent_promotes, concurrent_trainings, copy_project
-from parabench.checks.reliability import project_env as run_env
+from parabench.checks.reliability import concurrent_promotes, concurrent_trainings
+from parabench.checks.sandbox import copy_project
+from parabench.checks.sandbox import project_env as run_env
 from parabench.config import Params, load_params
 from parabench.study.sweep import latest_sweeps
 

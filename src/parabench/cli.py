@@ -11,7 +11,15 @@ from typing import Annotated, Any
 
 import typer
 
-from parabench.config import ParabenchError, Params, RunOptions, load_params, parse_options
+from parabench.config import (
+    ConfigError,
+    ParabenchError,
+    Params,
+    RayOptions,
+    RunOptions,
+    load_params,
+    parse_options,
+)
 
 app = typer.Typer(
     help="Paraphrase identification benchmark: data, training, tracking, comparison, serving.",
@@ -283,6 +291,32 @@ DataVersionOption = Annotated[
 ]
 
 
+AddressOption = Annotated[
+    str | None, option("Ray: local (start one here), auto (the running cluster) or ray://HOST:10001.")
+]
+CpusOption = Annotated[str | None, option("CPUs one run reserves (default: params.yaml ray.cpus_per_run).")]
+GpusOption = Annotated[
+    str | None, option("GPUs one run reserves, fractions allowed (default: ray.gpus_per_run where GPUs).")
+]
+RetriesOption = Annotated[str | None, option("Tries again a failed run N times (default: ray.max_retries).")]
+StartServerOption = Annotated[
+    str | None, option("true: with SQLite and runs side by side, start `parabench server` and log there.")
+]
+
+
+def ray_options(
+    address: str | None,
+    cpus_per_run: str | None,
+    gpus_per_run: str | None,
+    max_retries: str | None,
+    start_server: str | None,
+) -> RayOptions:
+    """The Ray options the user gave, checked once (one line naming the option, exit 2)."""
+    given = {k: v for k, v in locals().items() if v is not None}
+    names = {name: f"--{name.replace('_', '-')}" for name in RayOptions.model_fields}
+    return parse_options(RayOptions, given, names)
+
+
 @command(app, "sweep")
 def sweep(
     models: ModelsOption = None,
@@ -305,21 +339,91 @@ def sweep(
     gradient_accumulation_steps: AccumulationOption = None,
     checkpoint_every_steps: CheckpointOption = None,
     keep_checkpoints: KeepOption = None,
+    engine: Annotated[
+        str, typer.Option(help="local: one run after another here; ray: runs as Ray tasks, side by side.")
+    ] = "local",
+    address: AddressOption = None,
+    cpus_per_run: CpusOption = None,
+    gpus_per_run: GpusOption = None,
+    max_retries: RetriesOption = None,
+    start_server: StartServerOption = None,
 ) -> None:
     """Fine-tune every model with every seed: an MLflow parent run per model, a nested run per seed.
-    Seeds that already have a FINISHED run with the same recipe and data are skipped."""
-    from parabench.study.sweep import parse_models, parse_seeds, run_sweep
+    Seeds that already have a FINISHED run with the same recipe and data are skipped. With --engine ray the
+    runs fan out over a local Ray or a cluster (--address), as many at once as their reservations allow."""
+    from parabench.study.sweep import parse_models, parse_seeds, run_sweep, run_sweep_on_ray
 
     options = run_options(**{k: v for k, v in locals().items() if k in RunOptions.model_fields})
+    given = ray_options(address, cpus_per_run, gpus_per_run, max_retries, start_server)
     params = load_params()
-    sweeps = run_sweep(
-        params, parse_models(models, params), parse_seeds(seeds, params), options, log=typer.echo
-    )
+    chosen, seed_list = parse_models(models, params), parse_seeds(seeds, params)
+    if engine == "ray":
+        sweeps = run_sweep_on_ray(params, chosen, seed_list, options, given, log=typer.echo)
+    elif engine == "local":
+        if given != RayOptions():
+            raise ConfigError(
+                "--address, --cpus-per-run, --gpus-per-run, --max-retries and "
+                "--start-server are options of --engine ray"
+            )
+        sweeps = run_sweep(params, chosen, seed_list, options, log=typer.echo)
+    else:
+        raise ConfigError(f"--engine {engine!r}: use local or ray")
     for model_sweep in sweeps:
         typer.echo(
             f"{model_sweep.model}: seeds {', '.join(map(str, model_sweep.runs))} FINISHED; "
             f"parent run {model_sweep.parent.info.run_id}"
         )
+
+
+@command(app, "tune")
+def tune(
+    model: Annotated[str | None, option("Zoo key to tune (default: params.yaml train.model).")] = None,
+    trials: Annotated[str | None, option("Trials in all (default: params.yaml tune.trials).")] = None,
+    max_epochs: Annotated[
+        str | None, option("Most epochs a trial may sample, ASHA's horizon (default: tune.max_epochs).")
+    ] = None,
+    time_budget_s: Annotated[
+        str | None, option("Stop starting and running trials after this many seconds (default: none).")
+    ] = None,
+    seed: SeedOption = None,
+    recipe: Annotated[
+        str | None, option("Recipe the unsearched fields come from (default: model's own).")
+    ] = None,
+    max_train_samples: TrainCapOption = None,
+    max_eval_samples: EvalCapOption = None,
+    max_length: MaxLengthOption = None,
+    mixed_precision: PrecisionOption = None,
+    address: AddressOption = None,
+    cpus_per_run: CpusOption = None,
+    gpus_per_run: GpusOption = None,
+    max_retries: RetriesOption = None,
+    start_server: StartServerOption = None,
+) -> None:
+    """Search the model's recipe with Ray Tune (Optuna's sampler over params.yaml tune.space, ASHA stopping
+    on the per-epoch validation accuracy); the best by validation goes to reports/tune/<model>.json, which
+    `--recipe tune:<model>` uses. Every trial is a nested MLflow run under a <model>-tune parent."""
+    from parabench.config import TuneLimits
+    from parabench.study.tune import TuneSettings, run_tune
+
+    options = run_options(**{k: v for k, v in locals().items() if k in RunOptions.model_fields})
+    given = ray_options(address, cpus_per_run, gpus_per_run, max_retries, start_server)
+    limits = parse_options(
+        TuneLimits,
+        {
+            k: v
+            for k, v in {"trials": trials, "max_epochs": max_epochs, "time_budget_s": time_budget_s}.items()
+            if v is not None
+        },
+        {"trials": "--trials", "max_epochs": "--max-epochs", "time_budget_s": "--time-budget-s"},
+    )
+    params = load_params()
+    settings = TuneSettings(
+        trials=limits.trials or params.tune.trials,
+        max_epochs=limits.max_epochs or params.tune.max_epochs,
+        time_budget_s=limits.time_budget_s,
+    )
+    document = run_tune(params, options.model or params.train.model, settings, options, given, log=typer.echo)
+    typer.echo(json.dumps(document, indent=2))
 
 
 @command(app, "report")
@@ -482,6 +586,16 @@ def loadtest(
     failed = summary["server_errors_5xx"] or summary["connection_errors"] or summary["unexpected_answers"]
     if failed or not summary["still_answering"]:
         raise typer.Exit(code=1)
+
+
+@command(app, "scaling")
+def scaling() -> None:
+    """Runs per hour of `sweep --engine ray` with 1 and 2 runs at a time on this machine, measured in one go
+    (params.yaml scaling); writes reports/scaling.{json,md}."""
+    from parabench.checks.scaling import run_scaling
+
+    report = run_scaling(load_params(), log=typer.echo)
+    typer.echo(json.dumps(report, indent=2))
 
 
 @command(app, "reliability")

@@ -219,6 +219,80 @@ class SweepParams(Section):
     summary_file: Path
 
 
+def _per_class(value: dict[str, Any]) -> dict[str, Any]:
+    return _exact_keys(value, SIZE_CLASSES)
+
+
+class RayParams(Section):
+    """Where Ray runs and what one run reserves there."""
+
+    address: Name | None = None  # None or "local": a local Ray; "auto": the running cluster; ray://HOST:10001
+    num_cpus: Positive | None = None  # a local Ray's CPUs; None: all
+    cpus_per_run: dict[str, PositiveFloat]
+    gpus_per_run: dict[str, NonNegativeFloat]
+    max_retries: NonNegative
+    start_server: bool
+    storage_dir: Path
+    cancel_grace_s: PositiveFloat
+
+    _classes = field_validator("cpus_per_run", "gpus_per_run")(_per_class)
+
+
+class Range(Section):
+    """A continuous search dimension: uniform, or log-uniform with `log: true`."""
+
+    low: Annotated[float, AfterValidator(_finite)]
+    high: Annotated[float, AfterValidator(_finite)]
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError("low must be below high")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class TuneParams(Section):
+    """`parabench tune`: the trials, ASHA's schedule and the space Optuna samples (recipe fields)."""
+
+    trials: Positive
+    max_epochs: Positive
+    min_epochs: Positive
+    grace_period: Positive
+    reduction_factor: Annotated[int, Field(ge=2)]
+    sampler_seed: Seed
+    output_dir: Path
+    # Recipe field -> a Range or a list of choices; epochs are sampled from min_epochs..max_epochs.
+    space: Annotated[dict[str, Range | Annotated[list[Any], Field(min_length=1)]], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _recipe_fields(self) -> TuneParams:
+        searchable = set(Recipe.model_fields) - {"epochs"}
+        for name in self.space:
+            if name not in searchable:
+                raise ValueError(
+                    f"space: '{name}' is not a recipe field one can search ({', '.join(sorted(searchable))})"
+                )
+        if self.min_epochs > self.max_epochs:
+            raise ValueError("min_epochs must not exceed max_epochs")
+        return self
+
+
+class ScalingParams(Section):
+    """`parabench scaling`: what each timed Ray sweep trains, at which widths, how many rounds."""
+
+    model: Name
+    runs: Positive
+    epochs: Positive
+    max_train_samples: Positive
+    max_eval_samples: Positive
+    widths: Annotated[list[Positive], Field(min_length=1)]
+    rounds: Positive
+    report_file: Path
+
+
 class ReportParams(Section):
     results_md: Path
     results_csv: Path
@@ -290,6 +364,9 @@ class Params(Section):
     mlflow: MlflowParams
     tracking_server: TrackingServerParams
     sweep: SweepParams
+    ray: RayParams
+    tune: TuneParams
+    scaling: ScalingParams
     report: ReportParams
     promote: PromoteParams
     serve: ServeParams
@@ -354,6 +431,39 @@ class RunOptions(Section):
         return {
             name: getattr(self, name) for name in Recipe.model_fields if getattr(self, name, None) is not None
         }
+
+
+class RayOptions(Section):
+    """Where and how wide a study runs on Ray (`sweep --engine ray`, `tune`); None: params.yaml `ray:`."""
+
+    address: Name | None = None  # "auto" is an address here (the running cluster); "local" = not given
+    cpus_per_run: PositiveFloat | None = None
+    gpus_per_run: NonNegativeFloat | None = None
+    max_retries: NonNegative | None = None
+    start_server: bool | None = None
+
+    @field_validator("cpus_per_run", "gpus_per_run", "max_retries", "start_server", mode="before")
+    @classmethod
+    def _auto_is_not_given(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _local_is_not_given(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() == "local" else value
+
+
+class TuneLimits(Section):
+    """`parabench tune`'s size: None = params.yaml `tune:` (no time budget)."""
+
+    trials: Positive | None = None
+    max_epochs: Positive | None = None
+    time_budget_s: PositiveFloat | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _auto_is_not_given(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
 
 
 def shown(value: Any) -> str:

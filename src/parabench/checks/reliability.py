@@ -8,49 +8,29 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from mlflow.tracking import MlflowClient
 
+from parabench.checks.sandbox import PARABENCH, copy_project, last_lines, project_env
 from parabench.common.files import write_json, write_text
-from parabench.common.processes import free_port
 from parabench.common.tables import markdown_table
 from parabench.config import PARAMS_ENV, ParabenchError, Params, load_params
 from parabench.serving.loadtest import load, serving
 from parabench.tracking import server as tracking_server
 from parabench.tracking.client import EPOCH_METRICS, FINAL_METRICS
 
-PARABENCH = str(Path(sys.executable).parent / "parabench")
-
-
-def project_env(params_file: Path, tracking_uri: str, experiment: str) -> dict[str, str]:
-    """The environment that points `parabench` at a project, a tracking store and an experiment."""
-    return {
-        **{k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")},
-        PARAMS_ENV: str(params_file),
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "MLFLOW_EXPERIMENT_NAME": experiment,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [PARABENCH, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-
-
-def last_lines(output: str, count: int = 3) -> str:
-    return " | ".join(output.strip().splitlines()[-count:])
 
 
 def experiment_runs(env: dict[str, str]) -> list[Any]:
@@ -176,24 +156,6 @@ def tampered_training(env: dict[str, str], settings: dict[str, Any], data_file: 
     }
 
 
-def copy_project(params: Params, folder: Path, server_dir: Path) -> Path:
-    """A throw-away copy of the project's validated data and params, with its own server settings and free
-    ports; returns its params.yaml."""
-    for relative in (params.data.raw_dir, params.data.processed_dir, params.validate.report_dir):
-        shutil.copytree(params.path(relative), folder / relative, ignore=shutil.ignore_patterns("gx"))
-    raw = yaml.safe_load((params.root / "params.yaml").read_text(encoding="utf-8"))
-    raw["tracking_server"] |= {
-        "dir": str(server_dir),
-        "postgres_port": free_port(raw["tracking_server"]["host"]),
-        "mlflow_port": free_port(raw["tracking_server"]["host"]),
-    }
-    raw["mlflow"]["tracking_uri"] = "sqlite:///mlflow.db"
-    raw["train"]["max_eval_samples"] = params.reliability.max_eval_samples
-    params_file = folder / "params.yaml"
-    params_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    return params_file
-
-
 def run_all(params: Params, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every scenario at full size in a copy of the project; the report, also written under reports/."""
     settings = params.reliability.model_dump(mode="json")
@@ -201,7 +163,8 @@ def run_all(params: Params, log: Callable[[str], None] = print) -> dict[str, Any
     with tempfile.TemporaryDirectory(prefix="parabench-reliability-") as work:
         folder = Path(work)
         folder.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data folder
-        params_file = copy_project(params, folder / "project", folder / "server")
+        changes = {"train": {"max_eval_samples": params.reliability.max_eval_samples}}
+        params_file = copy_project(params, folder / "project", folder / "server", changes)
         copy = load_params(params_file)
         os.environ[PARAMS_ENV] = str(params_file)
         state = tracking_server.start(copy)

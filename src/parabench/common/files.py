@@ -40,6 +40,11 @@ def write_json(path: Path, document: Any) -> Path:
     return write_text(path, json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def file_stem(name: str) -> str:
+    """A name (a model key such as facebook/bart-base) made safe as one file or folder name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
 def file_hash(path: Path, algorithm: str = "sha256") -> str:
     """The hex digest of a file's bytes."""
     with path.open("rb") as handle:

@@ -29,6 +29,7 @@ from parabench.config import ParabenchError, Params
 from parabench.models.zoo import get_spec
 from parabench.study.sweep import ModelSweep, mean_std, named, sweeps_by_model
 from parabench.tracking import client as tracking
+from parabench.training.plan import TUNED_PREFIX, tuned_recipes
 
 SCORE_METRICS = tracking.SCORE_METRICS
 THROUGHPUT_METRICS = ("eval_samples_per_second", "train_samples_per_second")
@@ -338,12 +339,23 @@ def markdown(report: Report, results: list[ModelResult], settings: ReportSetting
     return "\n".join(lines) + "\n"
 
 
-RECIPE_PARAMS = ("recipe", "learning_rate", "warmup_ratio", "epochs", "select_best_epoch")
+RECIPE_PARAMS = (
+    "recipe",
+    "learning_rate",
+    "warmup_ratio",
+    "epochs",
+    "batch_size",
+    "weight_decay",
+    "select_best_epoch",
+)
 
 
-def recipe_rows(sweeps: dict[str, list[ModelSweep]]) -> list[dict[str, Any]]:
+def recipe_rows(
+    sweeps: dict[str, list[ModelSweep]], tuned: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """Every sweep of every model (one per recipe): the recipe and mean ± std validation/test accuracy.
-    The first of each model is the one in the tables (its default recipe when swept, else the newest)."""
+    The first of each model is the one in the tables (its default recipe when swept, else the newest).
+    Then each model's recipe search (`parabench tune`) not swept yet: its best trial's validation accuracy."""
     rows = []
     for model, model_sweeps in sweeps.items():
         for position, sweep in enumerate(model_sweeps):
@@ -356,6 +368,19 @@ def recipe_rows(sweeps: dict[str, list[ModelSweep]]) -> list[dict[str, Any]]:
             ):
                 row[f"{name}_mean"], row[f"{name}_std"] = mean_std(sweep.values(metric))
             rows.append(row)
+        search = (tuned or {}).get(model)
+        swept = {row["recipe"] for row in rows if row["model"] == model}
+        if search is not None and f"{TUNED_PREFIX}:{model}" not in swept:
+            recipe = search["recipe"]
+            row = {"model": model, "in_tables": False, "seeds": "search: 1 trial"}
+            row |= {name: str(recipe.get(name, MISSING)) for name in RECIPE_PARAMS}
+            row["recipe"] = f"{TUNED_PREFIX}:{model} (best of the search, not swept)"
+            row["validation_accuracy_mean"], row["validation_accuracy_std"] = (
+                search["validation_accuracy"],
+                math.nan,
+            )
+            row["test_accuracy_mean"] = row["test_accuracy_std"] = math.nan  # a search never looks at test
+            rows.append(row)
     return rows
 
 
@@ -367,6 +392,8 @@ def recipe_lines(rows: list[dict[str, Any]]) -> list[str]:
         "lr",
         "Warm-up",
         "Epochs",
+        "Batch",
+        "Weight decay",
         "Best epoch kept",
         "Seeds",
         "Val acc",
@@ -381,6 +408,8 @@ def recipe_lines(rows: list[dict[str, Any]]) -> list[str]:
             row["learning_rate"],
             row["warmup_ratio"],
             row["epochs"],
+            row["batch_size"],
+            row["weight_decay"],
             row["select_best_epoch"],
             row["seeds"],
             plus_minus(100 * row["validation_accuracy_mean"], 100 * row["validation_accuracy_std"]),
@@ -534,7 +563,10 @@ def build_report(
     results = [model_result(sweep, settings) for sweep in sweeps]
     rows = [summary_row(result, settings) for result in results]
     report = Report(
-        rows, paired_tests(results, settings), sweeps[0].identity.data_version, recipe_rows(all_sweeps)
+        rows,
+        paired_tests(results, settings),
+        sweeps[0].identity.data_version,
+        recipe_rows(all_sweeps, tuned_recipes(params)),
     )
     report.paths.extend(write_outputs(report, results, settings))
     log(f"report run: {log_report_run(report, settings)}")

@@ -6,23 +6,28 @@ data version is skipped; failed, killed or interrupted seeds run again, under th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
+import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
-from mlflow.entities import Run, RunStatus, ViewType
+from mlflow.entities import Metric, Run, RunStatus, RunTag, ViewType
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from parabench.common.files import write_json
-from parabench.config import MAX_SEED, ConfigError, ParabenchError, Params, RunOptions
+from parabench.config import MAX_SEED, ConfigError, ParabenchError, Params, RayOptions, RunOptions
 from parabench.data.validate import require_validated
 from parabench.models.zoo import get_spec, load_zoo
+from parabench.study import cluster
+from parabench.study.cluster import WorkerEnv
 from parabench.tracking import client as tracking
-from parabench.training.plan import RunPlan, plan_run
+from parabench.training.plan import RunPlan, pick, plan_run
 from parabench.training.run import train_and_track
 
 PARENT_TAG = "sweep"
@@ -64,6 +69,7 @@ class ModelSweep:
 
     parent: Run
     runs: dict[int, Run]
+    failed: dict[int, str] = field(default_factory=dict)  # seed -> why, after every retry (Ray engine)
 
     @property
     def identity(self) -> Identity:
@@ -165,11 +171,12 @@ def find_parents(client: MlflowClient, experiment_id: str, extra_filter: str = "
 
 
 def seed_runs(client: MlflowClient, experiment_id: str, identity: Identity) -> dict[int, Run]:
-    """The newest FINISHED training run of each seed with this identity (sweep children or `train` runs)."""
+    """The newest FINISHED training run of each seed with this identity (sweep children, `train` runs, a
+    completed tune trial; never a pruned trial)."""
     runs: dict[int, Run] = {}
     for run in search(client, experiment_id, f"{identity.filter()} and attributes.status = '{FINISHED}'"):
         tags = run.data.tags
-        if tags.get(PARENT_TAG) != PARENT_VALUE and "seed" in tags:
+        if tags.get(PARENT_TAG) != PARENT_VALUE and "seed" in tags and tracking.PRUNED_TAG not in tags:
             runs.setdefault(int(tags["seed"]), run)
     return dict(sorted(runs.items()))
 
@@ -201,16 +208,29 @@ def session_run() -> AbstractContextManager[Any]:
     return nullcontext()
 
 
+def parent_run_id(client: MlflowClient, experiment_id: str, identity: Identity, size_class: str) -> str:
+    """The parent run of this identity: the newest one (set RUNNING again), or a new one; nested under the
+    active run (`mlflow run`'s session) when there is one."""
+    owner = tracking.owner_tags()  # this process holds it: if it dies, a later command ends it FAILED
+    existing = find_parents(client, experiment_id, identity.filter())
+    if existing:
+        run_id = existing[0].info.run_id
+        for key, value in owner.items():
+            client.set_tag(run_id, key, value)
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        return run_id
+    tags = {**identity.tags(), PARENT_TAG: PARENT_VALUE, "size_class": size_class, **owner}
+    if (outer := mlflow.active_run()) is not None:
+        tags[MLFLOW_PARENT_RUN_ID] = outer.info.run_id
+    return client.create_run(experiment_id, run_name=f"{identity.model}-sweep", tags=tags).info.run_id
+
+
 def open_parent(
     client: MlflowClient, experiment_id: str, identity: Identity, size_class: str
 ) -> mlflow.ActiveRun:
-    """Resume the parent run of this identity, or start it; nested when an outer run is active."""
-    nested = mlflow.active_run() is not None
-    existing = find_parents(client, experiment_id, identity.filter())
-    if existing:
-        return mlflow.start_run(run_id=existing[0].info.run_id, nested=nested)
-    tags = {**identity.tags(), PARENT_TAG: PARENT_VALUE, "size_class": size_class}
-    return mlflow.start_run(run_name=f"{identity.model}-sweep", tags=tags, nested=nested)
+    """The parent run of this identity as this process's active run (resumed or started)."""
+    run_id = parent_run_id(client, experiment_id, identity, size_class)
+    return mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
 
 
 def sweep_model(
@@ -233,10 +253,28 @@ def sweep_model(
                 continue
             log(f"{where}: training")
             train_and_track(params, plan, log=log, nested=True, extra_tags={SWEEP_PARENT_TAG: parent_id})
-        runs = seed_runs(client, experiment_id, identity)
-        mlflow.log_metrics(aggregate(runs.values()))
-        mlflow.set_tag("seeds", ",".join(map(str, runs)))
+        runs = record_outcome(client, experiment_id, parent_id, identity, {})
     return ModelSweep(client.get_run(parent_id), runs)
+
+
+def record_outcome(
+    client: MlflowClient, experiment_id: str, parent_id: str, identity: Identity, failed: dict[int, str]
+) -> dict[int, Run]:
+    """On the parent run: the aggregates over every FINISHED seed, which seeds those are, and the seeds that
+    failed with why; returns the FINISHED seed runs."""
+    runs = seed_runs(client, experiment_id, identity)
+    metrics = aggregate(runs.values()) | {"n_failed": float(len(failed))}
+    timestamp = int(time.time() * 1000)
+    client.log_batch(
+        parent_id,
+        metrics=[Metric(name, value, timestamp, 0) for name, value in metrics.items()],
+        tags=[
+            RunTag("seeds", ",".join(map(str, runs))),
+            RunTag("failed_seeds", ",".join(map(str, failed))),
+            *(RunTag(f"failure.seed{seed}", reason) for seed, reason in failed.items()),
+        ],
+    )
+    return runs
 
 
 def run_sweep(
@@ -264,12 +302,166 @@ def run_sweep(
     return sweeps
 
 
+def train_in_worker(params: Params, plan: RunPlan, parent_id: str, env: WorkerEnv) -> str:
+    """One seed's run inside a Ray worker, nested under its model's parent run; returns the run id."""
+    env.apply()
+    tags = {SWEEP_PARENT_TAG: parent_id}
+    return train_and_track(params, plan, log=print, extra_tags=tags, parent_run_id=parent_id).run_id
+
+
+@dataclass(frozen=True)
+class RayJob:
+    """One (model, seed) run to do on Ray: what to submit again when an attempt fails."""
+
+    plan: RunPlan
+    parent_id: str
+    env: WorkerEnv
+    options: dict[str, float]
+    attempt: int = 1
+
+    def submit(self, params: Params) -> Any:
+        import ray
+
+        # Ray retries nothing itself (max_retries=0): every try is counted and logged here.
+        task = ray.remote(train_in_worker).options(**self.options, max_retries=0)
+        return task.remote(params, self.plan, self.parent_id, self.env)
+
+    def again(self) -> RayJob:
+        return dataclasses.replace(self, attempt=self.attempt + 1)
+
+
+def run_sweep_on_ray(
+    params: Params,
+    models: list[str],
+    seeds: list[int],
+    options: RunOptions | None = None,
+    ray_options: RayOptions | None = None,
+    log: Callable[[str], None] = print,
+) -> list[ModelSweep]:
+    """The sweep with every (model, seed) a Ray task reserving its size class's CPUs/GPUs, as many at once
+    as the cluster holds. Skips and resumes like the local sweep; a run that fails is tried again up to
+    max_retries times, then reported (parent run, sweep.json, ParabenchError at the end) without stopping
+    the others. Ctrl-C cancels every run and leaves their MLflow runs KILLED."""
+    options, ray_options = options or RunOptions(), ray_options or RayOptions()
+    data_version = require_validated(params)
+    plans = {
+        model: [plan_run(params, options, data_version, model=model, seed=seed) for seed in seeds]
+        for model in models
+    }
+    tries = pick(ray_options.max_retries, params.ray.max_retries) + 1
+    with cluster.ray_cluster(params, ray_options, log) as available:
+        reserved = {
+            model: cluster.resources_for(params, model_plans[0].spec.size_class, ray_options, available)
+            for model, model_plans in plans.items()
+        }
+        concurrency = cluster.concurrent_runs(list(reserved.values()), available, len(models) * len(seeds))
+        uri = cluster.shared_store(params, concurrency, ray_options, log)
+        experiment_id = tracking.configure(params)
+        client = MlflowClient()
+        experiment_name = client.get_experiment(experiment_id).name
+        with session_run():
+            parents: dict[str, str] = {}
+            jobs: list[RayJob] = []
+            for model, model_plans in plans.items():
+                identity = identity_of(model_plans[0])
+                parents[model] = parent_run_id(
+                    client, experiment_id, identity, model_plans[0].spec.size_class
+                )
+                done = seed_runs(client, experiment_id, identity)
+                env = cluster.worker_env(uri, experiment_name, reserved[model])
+                for plan in model_plans:
+                    if plan.seed in done:
+                        log(f"{model} seed {plan.seed}: skipped, FINISHED run {done[plan.seed].info.run_id}")
+                    else:
+                        jobs.append(RayJob(plan, parents[model], env, reserved[model].task_options()))
+            log(
+                f"{len(jobs)} runs on Ray, up to {concurrency} at once "
+                f"({', '.join(f'{m}: {r.cpus:g} CPU, {r.gpus:g} GPU' for m, r in reserved.items())})"
+            )
+            failed = collect(params, client, jobs, tries, parents, log)
+            sweeps = []
+            for model, model_plans in plans.items():
+                identity, parent_id = identity_of(model_plans[0]), parents[model]
+                model_failed = {seed: why for (key, seed), why in failed.items() if key == model}
+                runs = record_outcome(client, experiment_id, parent_id, identity, model_failed)
+                status = RunStatus.FAILED if model_failed else RunStatus.FINISHED
+                client.set_terminated(parent_id, RunStatus.to_string(status))
+                sweeps.append(ModelSweep(client.get_run(parent_id), runs, model_failed))
+    write_json(params.path(params.sweep.summary_file), summary(sweeps))
+    if failed:
+        names = "; ".join(f"{model} seed {seed} ({why})" for (model, seed), why in failed.items())
+        raise ParabenchError(
+            f"{len(failed)} run(s) failed {tries} time(s): {names}; the other runs finished "
+            f"(see {params.sweep.summary_file}); rerun the command to try them again"
+        )
+    return sweeps
+
+
+def collect(
+    params: Params,
+    client: MlflowClient,
+    jobs: list[RayJob],
+    tries: int,
+    parents: dict[str, str],
+    log: Callable[[str], None],
+) -> dict[tuple[str, int], str]:
+    """Submit the jobs and wait for them, logging each as it ends and submitting a failed one again while
+    it has tries left; returns the runs that failed every try. On Ctrl-C: cancel them all, give them
+    ray.cancel_grace_s to end their runs KILLED, end the rest KILLED from here, then re-raise."""
+    import ray
+
+    pending = {job.submit(params): job for job in jobs}
+    failed: dict[tuple[str, int], str] = {}
+    total, ended = len(pending), 0
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                job = pending.pop(ref)
+                where = f"{job.plan.spec.key} seed {job.plan.seed}"
+                try:
+                    run_id = ray.get(ref)
+                except ray.exceptions.RayError as error:
+                    why = cluster.first_line(error)
+                    if job.attempt < tries:
+                        log(f"{where}: try {job.attempt}/{tries} failed ({why}); trying again")
+                        pending[job.again().submit(params)] = job.again()
+                        continue
+                    ended += 1
+                    failed[(job.plan.spec.key, job.plan.seed)] = why
+                    log(f"[{ended}/{total}] {where}: FAILED {tries} time(s), last: {why}")
+                else:
+                    ended += 1
+                    log(f"[{ended}/{total}] {where}: FINISHED run {run_id}")
+    except KeyboardInterrupt:
+        log(f"interrupted: cancelling {len(pending)} run(s)")
+        for ref in pending:
+            ray.cancel(ref)
+        ray.wait(list(pending), num_returns=len(pending), timeout=params.ray.cancel_grace_s)
+        kill_leftovers(client, parents)
+        raise
+    return failed
+
+
+def kill_leftovers(client: MlflowClient, parents: dict[str, str]) -> None:
+    """End KILLED every run of these parents still RUNNING (a worker that could not end its own), and the
+    parents themselves."""
+    killed = RunStatus.to_string(RunStatus.KILLED)
+    for parent_id in parents.values():
+        experiment_id = client.get_run(parent_id).info.experiment_id
+        running = f"tags.{SWEEP_PARENT_TAG} = '{parent_id}' and attributes.status = 'RUNNING'"
+        for run in search(client, experiment_id, running):
+            client.set_terminated(run.info.run_id, killed)
+        client.set_terminated(parent_id, killed)
+
+
 def summary(sweeps: list[ModelSweep]) -> dict[str, dict[str, Any]]:
     """Per model: parent run, seeds, data version, fingerprint and aggregates (the DVC output of sweep)."""
     return {
         sweep.model: {
             "parent_run_id": sweep.parent.info.run_id,
             "seeds": list(sweep.runs),
+            "failed_seeds": {str(seed): reason for seed, reason in sweep.failed.items()},
             **sweep.identity.tags(),
             **sweep.parent.data.metrics,
         }

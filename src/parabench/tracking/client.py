@@ -8,6 +8,7 @@ import os
 import platform
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +44,8 @@ FINAL_METRICS = (
 )
 EPOCH_METRICS = ("train_loss", "validation_accuracy", "validation_f1")
 SQLITE_PREFIX = "sqlite:///"
+# A Tune trial stopped before its last epoch (ASHA, the time budget): FINISHED, but never a seed of a study.
+PRUNED_TAG = "pruned"
 
 
 def tracking_uri(params: Params) -> str:
@@ -143,6 +146,11 @@ def ui_hint(params: Params, experiment_id: str, run_id: str) -> str:
 PID_TAG, HOST_TAG = "parabench.pid", "parabench.host"
 
 
+def owner_tags() -> dict[str, str]:
+    """Tags naming the process that holds a run RUNNING (so a later command can end it if that dies)."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: platform.node()}
+
+
 def fail_orphaned_runs(experiment_id: str) -> list[str]:
     """Mark FAILED the RUNNING runs this machine started whose process is gone (killed with -9, power loss).
 
@@ -169,11 +177,16 @@ class RunKilled(Exception):
 
 @contextmanager
 def tracked_run(
-    run_name: str, tags: dict[str, str], nested: bool = False, run_id: str | None = None
+    run_name: str,
+    tags: dict[str, str],
+    nested: bool = False,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that always ends: FINISHED on success, KILLED on interrupt/SIGTERM, FAILED on error.
-    With `run_id`, that run goes on (a training resumed from its checkpoint). System metrics (CPU, memory,
-    GPU) are recorded while it runs.
+    With `run_id`, that run goes on (a training resumed from its checkpoint). With `parent_run_id`, it is
+    nested under that run although no run is active in this process (a Ray worker's). System metrics (CPU,
+    memory, GPU) are recorded while it runs.
 
     Under `mlflow run`, the run MLflow created (MLFLOW_RUN_ID) holds the entry point's parameters as the user
     gave them (`auto` = "the recipe's value"); this run is nested under it and logs the resolved values under
@@ -184,15 +197,20 @@ def tracked_run(
     def on_sigterm(signum: int, frame: Any) -> None:
         raise RunKilled(f"received signal {signum}")
 
-    signal.signal(signal.SIGTERM, on_sigterm)
-    launched_by_mlflow_run = bool(os.environ.get("MLFLOW_RUN_ID")) and mlflow.active_run() is None
+    main_thread = threading.current_thread() is threading.main_thread()  # a Ray Tune trial runs in another
+    if main_thread:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    launched_by_mlflow_run = (
+        bool(os.environ.get("MLFLOW_RUN_ID")) and mlflow.active_run() is None and parent_run_id is None
+    )
     if launched_by_mlflow_run:
         mlflow.start_run()  # resumes the `mlflow run` launch run
     run = mlflow.start_run(
         run_id=run_id,
         run_name=None if run_id else run_name,
-        tags={**tags, PID_TAG: str(os.getpid()), HOST_TAG: platform.node()},
+        tags={**tags, **owner_tags()},
         nested=nested or launched_by_mlflow_run,
+        parent_run_id=None if run_id else parent_run_id,
         log_system_metrics=True,
     )
     try:
@@ -206,7 +224,8 @@ def tracked_run(
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
 
 
 def git_commit(root: Path) -> str:

@@ -123,6 +123,7 @@ def track_baseline(
     log: Callable[[str], None] = print,
     nested: bool = False,
     extra_tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
 ) -> RunSummary:
     """One baseline run, tracked like a fine-tuning run (train_and_track dispatches here for spec.head).
     Everything that can fail on the user's input fails before a run exists."""
@@ -147,7 +148,8 @@ def track_baseline(
         return embed_pairs(tokenizer, served, *pairs, plan.max_length, batch_size)
 
     experiment_id = tracking.configure(params)
-    with tracking.tracked_run(plan.run_name, {**plan.tags(), **(extra_tags or {})}, nested) as run:
+    tags = {**plan.tags(), **(extra_tags or {})}
+    with tracking.tracked_run(plan.run_name, tags, nested, parent_run_id=parent_run_id) as run:
         logged = {k: v for k, v in plan.logged_params().items() if k not in NOT_LOGGED}
         tracking.log_params(
             {

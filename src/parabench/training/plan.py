@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from parabench.common.files import file_stem
 from parabench.config import BaselineParams, ConfigError, Params, Recipe, RunOptions
 from parabench.models.zoo import ModelSpec, get_spec, require_hardware
 from parabench.training.engine import EngineSettings, check_mixed_precision, default_mixed_precision
@@ -36,6 +38,7 @@ class RunPlan:
     data_version: str
     engine: EngineSettings = field(default_factory=EngineSettings)
     keep_checkpoints: bool = False
+    checkpoint: bool = True  # False: no checkpoints at all (a Tune trial; ASHA may stop it anyway)
     load_in_4bit: bool = False
     baselines: BaselineParams | None = None  # params.yaml `baselines:`, for a baseline (spec.head) only
 
@@ -71,8 +74,7 @@ class RunPlan:
     @property
     def checkpoint_name(self) -> str:
         """The folder of this run's checkpoints: the same run resumes from it, any other run cannot."""
-        model = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.spec.key)
-        return f"{model}-seed{self.seed}-{self.fingerprint}-{self.data_version[:12]}"
+        return f"{file_stem(self.spec.key)}-seed{self.seed}-{self.fingerprint}-{self.data_version[:12]}"
 
     def tags(self) -> dict[str, str]:
         """What identifies the run in searches: model, class, family, seed, data version, fingerprint."""
@@ -110,9 +112,51 @@ class RunPlan:
         }
 
 
+TUNED_PREFIX = "tune"
+
+
 def recipe_name_for(params: Params, spec: ModelSpec, name: str | None) -> str:
-    """None = the model's own recipe: its zoo entry's, else params.yaml `train.recipe`."""
+    """None = the model's own recipe: its zoo entry's, else params.yaml `train.recipe`. `tune` = the recipe
+    `parabench tune` found for this model (`tune:<model>`)."""
+    if name == TUNED_PREFIX:
+        return f"{TUNED_PREFIX}:{spec.key}"
     return name or spec.recipe or params.train.recipe
+
+
+def tuned_recipe_file(params: Params, model: str) -> Path:
+    """Where `parabench tune --model <model>` writes the best recipe it found."""
+    return params.path(params.tune.output_dir) / f"{file_stem(model)}.json"
+
+
+def tuned_recipes(params: Params) -> dict[str, dict[str, Any]]:
+    """Every search result `parabench tune` wrote (model -> its JSON: recipe, values, trial, validation)."""
+    folder = params.path(params.tune.output_dir)
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            found[document["model"]] = document
+        except (ValueError, KeyError, TypeError):
+            continue  # not a search result
+    return found
+
+
+def resolve_recipe(params: Params, name: str) -> Recipe:
+    """A recipe of params.yaml, or `tune:<model>`: the best recipe `parabench tune` wrote for that model."""
+    prefix, _, model = name.partition(":")
+    if prefix != TUNED_PREFIX or not model:
+        return params.recipe(name)
+    path = tuned_recipe_file(params, model)
+    if not path.is_file():
+        raise ConfigError(
+            f"--recipe {name}: no tuned recipe for {model} ({path} is missing); "
+            f"run `parabench tune --model {model}` first"
+        )
+    try:
+        return Recipe.model_validate(json.loads(path.read_text(encoding="utf-8"))["recipe"])
+    except (ValueError, KeyError, TypeError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise ConfigError(f"--recipe {name}: {path} holds no valid recipe ({reason})") from error
 
 
 def plan_run(
@@ -122,7 +166,7 @@ def plan_run(
     spec = get_spec(model or options.model or params.train.model, params)
     require_hardware(spec, bool(options.load_in_4bit))
     recipe_name = recipe_name_for(params, spec, options.recipe)
-    recipe = params.recipe(recipe_name).with_overrides(**options.recipe_overrides())
+    recipe = resolve_recipe(params, recipe_name).with_overrides(**options.recipe_overrides())
     caps = {
         "max_train_samples": pick(options.max_train_samples, params.train.max_train_samples),
         "max_eval_samples": pick(options.max_eval_samples, params.train.max_eval_samples),

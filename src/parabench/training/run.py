@@ -28,7 +28,7 @@ from parabench.models.zoo import (
 from parabench.serving.pyfunc import log_paraphrase_model
 from parabench.tracking import client as tracking
 from parabench.training.checkpoints import Checkpoints
-from parabench.training.engine import fine_tune, make_accelerator, set_seed
+from parabench.training.engine import EpochResult, fine_tune, make_accelerator, set_seed
 from parabench.training.metrics import classification_metrics
 from parabench.training.plan import RunPlan
 
@@ -81,18 +81,22 @@ def train_and_track(
     log: Callable[[str], None] = print,
     nested: bool = False,
     extra_tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> RunSummary:
     """Fine-tune one model with one seed on validated MRPC, as the plan says, and log everything to MLflow.
 
     Everything that can fail on the user's input (data, weights, model folder) fails before a run exists.
     Under a multi-process launch every process trains its share and only the main one talks to MLflow: one
     run. When checkpoints of the same run are on disk (a crash, a kill -9), it goes on from the newest intact
-    one, in the same MLflow run."""
+    one, in the same MLflow run (unless the plan says not to checkpoint). `parent_run_id` nests the run under
+    a run of another process (a Ray sweep's parent); `on_epoch` sees every epoch's result (a Tune trial
+    reports it)."""
     spec, recipe, seed = plan.spec, plan.recipe, plan.seed
     if spec.head is not None:  # a sentence-embedding baseline: frozen encoder + head, no fine-tuning
         from parabench.training.baselines import track_baseline
 
-        return track_baseline(params, plan, log, nested, extra_tags)
+        return track_baseline(params, plan, log, nested, extra_tags, parent_run_id)
     require_validated(params)
     weights = resolve_weights(spec, params)
     if params.train.num_threads is not None:
@@ -108,8 +112,12 @@ def train_and_track(
     set_seed(seed)
     tokenizer, model = load_tokenizer_and_model(spec, params, weights=weights, load_in_4bit=plan.load_in_4bit)
     encoded = {split: encode_frame(tokenizer, frame, plan.max_length) for split, frame in frames.items()}
-    checkpoints = Checkpoints(params.path(params.train.checkpoint_dir) / plan.checkpoint_name)
-    resumed = checkpoints.run_id()
+    checkpoints = (
+        Checkpoints(params.path(params.train.checkpoint_dir) / plan.checkpoint_name)
+        if plan.checkpoint
+        else None
+    )
+    resumed = checkpoints.run_id() if checkpoints is not None else None
 
     experiment_id = tracking.configure(params) if main else ""
     if main and resumed is not None and not tracking.run_exists(resumed):
@@ -118,7 +126,9 @@ def train_and_track(
         resumed = None
     accelerator.wait_for_everyone()
     tags = {**plan.tags(), **(extra_tags or {})}
-    run_context = tracking.tracked_run(plan.run_name, tags, nested, resumed) if main else nullcontext()
+    run_context = (
+        tracking.tracked_run(plan.run_name, tags, nested, resumed, parent_run_id) if main else nullcontext()
+    )
     with run_context as run:
         if main and resumed is None:
             tracking.log_params(
@@ -133,7 +143,7 @@ def train_and_track(
                     **(lora_params(params, model) if spec.lora else {}),
                 }
             )
-        if main:
+        if main and checkpoints is not None:
             checkpoints.bind(run.info.run_id)
         pad_token_id = tokenizer.pad_token_id
         say(f"training {spec.key} (seed {seed}) on {len(frames['train'])} pairs: {recipe}")
@@ -148,17 +158,7 @@ def train_and_track(
             accelerator,
             plan.engine,
             checkpoints,
-            on_epoch_end=lambda epoch: (
-                main
-                and tracking.log_epoch(
-                    epoch.epoch,
-                    {
-                        "train_loss": epoch.train_loss,
-                        "validation_accuracy": epoch.validation_accuracy,
-                        "validation_f1": epoch.validation_f1,
-                    },
-                )
-            ),
+            on_epoch_end=lambda epoch: main and epoch_ended(epoch, on_epoch),
             log=say,
         )
         if main and fit.resumed_from:
@@ -185,10 +185,24 @@ def train_and_track(
             log_run_artifacts(model, tokenizer, *test, final, plan)
             tracking.log_final_metrics(final)
         accelerator.wait_for_everyone()
-    if main and not plan.keep_checkpoints:
+    if main and checkpoints is not None and not plan.keep_checkpoints:
         checkpoints.clear()
     run_id = run.info.run_id if main else ""
     return RunSummary(run_id, experiment_id, spec.key, seed, final, main)
+
+
+def epoch_ended(epoch: EpochResult, on_epoch: Callable[[EpochResult], None] | None) -> None:
+    """Log one epoch's point of the curve (main process), then hand it to the caller's hook."""
+    tracking.log_epoch(
+        epoch.epoch,
+        {
+            "train_loss": epoch.train_loss,
+            "validation_accuracy": epoch.validation_accuracy,
+            "validation_f1": epoch.validation_f1,
+        },
+    )
+    if on_epoch is not None:
+        on_epoch(epoch)
 
 
 def lora_params(params: Params, model: Any) -> dict[str, Any]:
