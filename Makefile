@@ -104,7 +104,7 @@ run: venv
 # pytest exits 5 when it collects no test: that fails here like any other non-zero exit.
 test: venv
 	"$(BIN)/ruff" check src tests
-	$(IN_VENV) "$(BIN)/python" -m pytest -q
+	$(IN_VENV) "$(BIN)/python" -m pytest -q --durations=15
 
 lint: venv
 	"$(BIN)/ruff" check src tests
