@@ -138,3 +138,28 @@ def test_ci_entry_point_runs_make_test() -> None:
     assert "set -euo pipefail" in text
     commands = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     assert commands[-1] == "make test"
+
+
+def test_mlproject_sweep_and_tune_entry_points_give_commands_the_cli_takes() -> None:
+    import shlex
+
+    import typer
+    from mlflow.projects._project_spec import load_project
+
+    from parabench.cli import app
+
+    project = load_project(str(ROOT))
+    commands = typer.main.get_command(app).commands
+    given = {
+        "sweep": {"engine": "ray", "models": "tiny-bert,tiny-distilbert", "seeds": "2", "epochs": "1"},
+        "tune": {"model": "tiny-bert", "trials": "4", "max_epochs": "2", "max_train_samples": "64"},
+    }
+    for name, values in given.items():
+        entry = project.get_entry_point(name)
+        command = shlex.split(entry.compute_command(values, storage_dir=None))
+        assert command[:2] == ["parabench", name]
+        for key, value in values.items():
+            assert command[command.index(f"--{key.replace('_', '-')}") + 1] == value
+        assert command[command.index("--address") + 1] == "local"  # a local Ray unless told otherwise
+        context = commands[name].make_context(name, command[2:])  # every parameter is an option it takes
+        assert {key: context.params[key] for key in values} == values

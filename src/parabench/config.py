@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -398,7 +399,21 @@ class Params(Section):
         return self.recipes[name]
 
 
-class RunOptions(Section):
+class GivenOptions(Section):
+    """Values a user gives on the command line or as `mlflow run -P` parameters: None, or the word `auto`,
+    means "not given" (params.yaml's value, or the recipe's), except in the fields of `auto_is_a_value`."""
+
+    auto_is_a_value: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _auto_is_not_given(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name in cls.auto_is_a_value:
+            return value
+        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
+
+
+class RunOptions(GivenOptions):
     """What a user may set for one training run (CLI options, `mlflow run -P` parameters). None, or the word
     `auto`, means "not given": params.yaml's value, or the recipe's."""
 
@@ -421,11 +436,6 @@ class RunOptions(Section):
     keep_checkpoints: bool | None = None
     load_in_4bit: bool | None = None
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _auto_is_not_given(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
-
     def recipe_overrides(self) -> dict[str, Any]:
         """The given values of Recipe fields."""
         return {
@@ -433,19 +443,16 @@ class RunOptions(Section):
         }
 
 
-class RayOptions(Section):
+class RayOptions(GivenOptions):
     """Where and how wide a study runs on Ray (`sweep --engine ray`, `tune`); None: params.yaml `ray:`."""
 
-    address: Name | None = None  # "auto" is an address here (the running cluster); "local" = not given
+    auto_is_a_value: ClassVar[frozenset[str]] = frozenset({"address"})  # auto: the running cluster
+
+    address: Name | None = None  # "local" = not given
     cpus_per_run: PositiveFloat | None = None
     gpus_per_run: NonNegativeFloat | None = None
     max_retries: NonNegative | None = None
     start_server: bool | None = None
-
-    @field_validator("cpus_per_run", "gpus_per_run", "max_retries", "start_server", mode="before")
-    @classmethod
-    def _auto_is_not_given(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
 
     @field_validator("address", mode="before")
     @classmethod
@@ -453,17 +460,12 @@ class RayOptions(Section):
         return None if isinstance(value, str) and value.strip().lower() == "local" else value
 
 
-class TuneLimits(Section):
+class TuneLimits(GivenOptions):
     """`parabench tune`'s size: None = params.yaml `tune:` (no time budget)."""
 
     trials: Positive | None = None
     max_epochs: Positive | None = None
     time_budget_s: PositiveFloat | None = None
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _auto_is_not_given(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
 
 
 def shown(value: Any) -> str:
