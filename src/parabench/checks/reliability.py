@@ -24,7 +24,7 @@ from parabench.common.tables import markdown_table
 from parabench.config import PARAMS_ENV, ParabenchError, Params, load_params
 from parabench.serving.loadtest import load, serving
 from parabench.tracking import server as tracking_server
-from parabench.tracking.client import EPOCH_METRICS, FINAL_METRICS
+from parabench.tracking.client import EPOCH_METRICS, FINAL_METRICS, ORPHANED_TAG
 
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
@@ -105,7 +105,7 @@ def killed_training(env: dict[str, str], settings: dict[str, Any], timeout_s: fl
         "running_after_kill": running_after_kill,
         "rerun_exit": rerun.returncode,
         "finished_runs": sum(r.info.status == "FINISHED" for r in runs),
-        "orphans_marked_failed": sum("parabench.orphaned" in r.data.tags for r in runs),
+        "orphans_marked_failed": sum(ORPHANED_TAG in r.data.tags for r in runs),
         "running_runs": sum(r.info.status == "RUNNING" for r in runs),
     }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,15 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from parabench.common.files import file_stem, write_json
-from parabench.config import ConfigError, ParabenchError, Params, Range, RayOptions, RunOptions, TuneParams
+from parabench.config import (
+    ConfigError,
+    ParabenchError,
+    Params,
+    Range,
+    RayOptions,
+    RunOptions,
+    TuneParams,
+)
 from parabench.data.validate import require_validated
 from parabench.study import cluster
 from parabench.study.cluster import WorkerEnv
@@ -34,9 +43,8 @@ from parabench.training.run import train_and_track
 TUNE_TAG = "tune"
 TUNE_PARENT_TAG = "tune_parent"
 TRIAL_TAG = "tune_trial"
-OBJECTIVE = (
-    "validation_accuracy"  # per epoch, what ASHA compares; the best trial by final_validation_accuracy
-)
+# Per epoch, what ASHA compares; the best trial is the one with the best final_validation_accuracy.
+OBJECTIVE = "validation_accuracy"
 
 
 @dataclass(frozen=True)
@@ -174,13 +182,16 @@ def run_tune(
                 verbose=1,
             ),
         )
+        # Ctrl-C reaches this process as KeyboardInterrupt (Tune's own handler would end the search as if
+        # it were complete): the trials' runs and the parent then end KILLED.
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         try:
             grid = tuner.fit()
         except KeyboardInterrupt:
             end_trials(client, experiment_id, parent_id, RunStatus.KILLED)
             client.set_terminated(parent_id, RunStatus.to_string(RunStatus.KILLED))
             raise
-        trials = [settle_trial(client, result) for result in grid]
+        trials = settle_trials(client, experiment_id, parent_id, grid, base, sampled_names(tune_params))
     return finish(params, client, model, base, parent_id, trials, log)
 
 
@@ -212,28 +223,44 @@ def open_tune_parent(client: MlflowClient, experiment_id: str, base: RunPlan, se
     return run_id
 
 
-def settle_trial(client: MlflowClient, result: Any) -> Trial:
-    """A trial's ending, as its MLflow run shows it. A run that never got its final metrics (ASHA or the
-    time budget stopped its actor) is ended FINISHED with the `pruned` tag; the worker could not."""
-    values = {key: value for key, value in (result.config or {}).items()}
-    metrics = result.metrics or {}
-    run_id = metrics.get("mlflow_run_id") or None
-    epochs_done = int(metrics.get("epoch", 0))
-    if result.error is not None:
-        if run_id:
-            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-        return Trial(run_id, values, "failed", None, epochs_done, cluster.first_line(result.error))
-    if not run_id:
-        return Trial(None, values, "failed", None, 0, "ended before its first epoch")
-    run = client.get_run(run_id)
-    final = run.data.metrics.get(tracking.VALIDATION_SCORE)
-    if final is not None and run.info.status == RunStatus.to_string(RunStatus.FINISHED):
-        return Trial(run_id, values, "completed", final, epochs_done)
-    client.set_tag(
-        run_id, tracking.PRUNED_TAG, f"stopped after epoch {epochs_done} of {values.get('epochs')}"
-    )
-    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-    return Trial(run_id, values, "pruned", None, epochs_done)
+def sampled_names(tune_params: TuneParams) -> tuple[str, ...]:
+    """The recipe fields a search samples."""
+    return ("epochs", *tune_params.space)
+
+
+def settle_trials(
+    client: MlflowClient, experiment_id: str, parent_id: str, grid: Any, base: RunPlan, names: tuple[str, ...]
+) -> list[Trial]:
+    """Every trial of the search as its MLflow run shows it, oldest first. A run that FINISHED with final
+    metrics completed; one that ended FAILED itself (an exception), or whose trial Ray reports an error,
+    failed; any other was stopped from outside before its end (ASHA or the time budget stopped its actor,
+    leaving it RUNNING, or a later command ended it FAILED as orphaned): it is ended FINISHED with the
+    `pruned` tag, which the worker could not do."""
+    errors = {
+        result.metrics["mlflow_run_id"]: cluster.first_line(result.error)
+        for result in grid
+        if result.error is not None and (result.metrics or {}).get("mlflow_run_id")
+    }
+    trials = []
+    for run in client.search_runs(
+        [experiment_id], f"tags.{TUNE_PARENT_TAG} = '{parent_id}'", order_by=["attributes.start_time ASC"]
+    ):
+        run_id, tags, status = run.info.run_id, run.data.tags, run.info.status
+        logged = trial_plan(base, {key: run.data.params[key] for key in names if key in run.data.params})
+        values = {key: getattr(logged.recipe, key) for key in names}
+        epochs_done = len(client.get_metric_history(run_id, OBJECTIVE))
+        final = run.data.metrics.get(tracking.VALIDATION_SCORE)
+        ended_itself = status == RunStatus.to_string(RunStatus.FAILED) and tracking.ORPHANED_TAG not in tags
+        if run_id in errors or ended_itself:
+            trials.append(Trial(run_id, values, "failed", None, epochs_done, errors.get(run_id, "FAILED")))
+        elif status == RunStatus.to_string(RunStatus.FINISHED) and final is not None:
+            trials.append(Trial(run_id, values, "completed", final, epochs_done))
+        else:
+            stopped = f"stopped after epoch {epochs_done} of {values.get('epochs')} (ASHA or the time budget)"
+            client.set_tag(run_id, tracking.PRUNED_TAG, stopped)
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+            trials.append(Trial(run_id, values, "pruned", None, epochs_done))
+    return trials
 
 
 def end_trials(client: MlflowClient, experiment_id: str, parent_id: str, status: int) -> None:

@@ -144,6 +144,7 @@ def ui_hint(params: Params, experiment_id: str, run_id: str) -> str:
 
 
 PID_TAG, HOST_TAG = "parabench.pid", "parabench.host"
+ORPHANED_TAG = "parabench.orphaned"  # on a run whose process died RUNNING; a later command ended it FAILED
 
 
 def owner_tags() -> dict[str, str]:
@@ -166,7 +167,7 @@ def fail_orphaned_runs(experiment_id: str) -> list[str]:
         if not process_alive(int(run.data.tags.get(PID_TAG, "0")))
     ]
     for run_id in orphans:
-        client.set_tag(run_id, "parabench.orphaned", "process gone; marked FAILED by a later run")
+        client.set_tag(run_id, ORPHANED_TAG, "process gone; marked FAILED by a later run")
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
     return orphans
 
