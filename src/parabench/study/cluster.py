@@ -149,6 +149,12 @@ def shared_store(params: Params, concurrency: int, options: RayOptions, log: Cal
     uri = tracking.tracking_uri(params)
     if concurrency <= 1 or not uri.startswith(tracking.SQLITE_PREFIX):
         return uri
+    if os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` made its run in this store: the study must stay here
+        raise ConfigError(
+            f"{concurrency} runs would write at once to the SQLite store {uri} that `mlflow run` uses, "
+            "which takes one writer: run `parabench server start`, then `mlflow run` with the "
+            "MLFLOW_TRACKING_URI it prints, or give -P cpus_per_run so that one run fits at a time"
+        )
     if not pick(options.start_server, params.ray.start_server):
         raise ConfigError(
             f"{concurrency} runs would write at once to the SQLite store {uri}, which takes one writer: "
