@@ -147,7 +147,7 @@ def test_tune_writes_trials_under_a_parent_and_the_best_recipe_a_sweep_can_use(r
     completed = [t for t in trials if "pruned" not in t.data.tags]
     pruned = [t for t in trials if "pruned" in t.data.tags]
     assert completed and parent.data.metrics["n_completed"] == len(completed)
-    assert parent.data.metrics["n_pruned"] == len(pruned)
+    assert parent.data.metrics["n_pruned"] == len(pruned) and parent.data.metrics["n_failed"] == 0
     for trial in trials:
         history = client.get_metric_history(trial.info.run_id, "validation_accuracy")
         assert [m.step for m in history] == list(range(1, len(history) + 1))

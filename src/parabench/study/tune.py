@@ -104,13 +104,19 @@ def run_trial(config: dict[str, Any], params: Params, base: RunPlan, parent_id: 
 
     def report(epoch: EpochResult) -> None:
         active = mlflow.active_run()
-        tune.report(
-            {
-                OBJECTIVE: epoch.validation_accuracy,
-                "epoch": epoch.epoch,
-                "mlflow_run_id": active.info.run_id if active else "",
-            }
-        )
+        try:
+            tune.report(
+                {
+                    OBJECTIVE: epoch.validation_accuracy,
+                    "epoch": epoch.epoch,
+                    "mlflow_run_id": active.info.run_id if active else "",
+                }
+            )
+        except SystemExit:  # how Tune stops a trial its scheduler pruned: say so before the run ends
+            mlflow.set_tag(
+                tracking.PRUNED_TAG, f"stopped by ASHA after epoch {epoch.epoch} of {plan.recipe.epochs}"
+            )
+            raise
 
     tags = {TUNE_PARENT_TAG: parent_id, TRIAL_TAG: trial_id}
     train_and_track(params, plan, log=print, extra_tags=tags, parent_run_id=parent_id, on_epoch=report)
@@ -233,9 +239,9 @@ def settle_trials(
 ) -> list[Trial]:
     """Every trial of the search as its MLflow run shows it, oldest first. A run that FINISHED with final
     metrics completed; one that ended FAILED itself (an exception), or whose trial Ray reports an error,
-    failed; any other was stopped from outside before its end (ASHA or the time budget stopped its actor,
-    leaving it RUNNING, or a later command ended it FAILED as orphaned): it is ended FINISHED with the
-    `pruned` tag, which the worker could not do."""
+    failed; any other was stopped before its end — by ASHA (the trial tagged itself `pruned` as Tune
+    stopped it) or by the time budget (its actor killed, the run left RUNNING, or ended FAILED as orphaned
+    by a later command) — and is ended FINISHED with the `pruned` tag."""
     errors = {
         result.metrics["mlflow_run_id"]: cluster.first_line(result.error)
         for result in grid
@@ -250,14 +256,15 @@ def settle_trials(
         values = {key: getattr(logged.recipe, key) for key in names}
         epochs_done = len(client.get_metric_history(run_id, OBJECTIVE))
         final = run.data.metrics.get(tracking.VALIDATION_SCORE)
+        pruned = tracking.PRUNED_TAG in tags
         ended_itself = status == RunStatus.to_string(RunStatus.FAILED) and tracking.ORPHANED_TAG not in tags
-        if run_id in errors or ended_itself:
+        if run_id in errors or (ended_itself and not pruned):
             trials.append(Trial(run_id, values, "failed", None, epochs_done, errors.get(run_id, "FAILED")))
-        elif status == RunStatus.to_string(RunStatus.FINISHED) and final is not None:
+        elif status == RunStatus.to_string(RunStatus.FINISHED) and final is not None and not pruned:
             trials.append(Trial(run_id, values, "completed", final, epochs_done))
         else:
-            stopped = f"stopped after epoch {epochs_done} of {values.get('epochs')} (ASHA or the time budget)"
-            client.set_tag(run_id, tracking.PRUNED_TAG, stopped)
+            stopped = f"stopped after epoch {epochs_done} of {values.get('epochs')} (the time budget)"
+            client.set_tag(run_id, tracking.PRUNED_TAG, tags.get(tracking.PRUNED_TAG, stopped))
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
             trials.append(Trial(run_id, values, "pruned", None, epochs_done))
     return trials
