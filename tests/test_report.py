@@ -17,10 +17,12 @@ from mlflow.entities import Run
 from scipy import stats
 from test_sweep import SWEPT_MODELS, TRAIN_OPTIONS, client_for, invoke, project_env, runs_of, swept  # noqa: F401
 
+from parabench.common.files import write_json
 from parabench.config import Params
 from parabench.study import report as report_module
 from parabench.study.report import SCORE_METRICS, ReportSettings, mcnemar_exact, pareto_front
 from parabench.study.sweep import latest_sweeps
+from parabench.training.plan import tuned_recipe_file
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +169,11 @@ def test_a_second_recipe_is_compared_and_the_default_recipe_fills_the_tables(
     model = SWEPT_MODELS[0]
     with project_env(folder) as params:
         invoke("sweep", "--models", model, "--seeds", "2", "--recipe", "tuned", *TRAIN_OPTIONS)
+        searched = params.recipe("paper").model_dump() | {"learning_rate": 7e-05, "epochs": 2}
+        write_json(  # what `parabench tune` writes for a model
+            tuned_recipe_file(params, model),
+            {"model": model, "recipe": searched, "validation_accuracy": 0.8125, "trial_run_id": "r"},
+        )
         invoke("report", "--models", model)
         markdown = ReportSettings.from_params(params).results_md.read_text(encoding="utf-8")
         [newest] = latest_sweeps(params, [model])
@@ -175,6 +182,8 @@ def test_a_second_recipe_is_compared_and_the_default_recipe_fills_the_tables(
     assert [row.split(" | ")[1] for row in rows] == [
         "tuned (tables)",
         "paper",
-    ]  # no default-recipe sweep: newest
+        f"tune:{model} (best of the search, not swept)",
+    ]  # no default-recipe sweep: newest; then the search's best recipe
     assert "0.0001" in rows[0] and "2e-05" in rows[1]
+    assert "7e-05" in rows[2] and "81.25" in rows[2]
     assert newest.identity.recipe_fingerprint != latest_sweeps(swept, [model])[0].identity.recipe_fingerprint
