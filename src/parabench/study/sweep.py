@@ -277,6 +277,17 @@ def record_outcome(
     return runs
 
 
+def plan_sweep(
+    params: Params, models: list[str], seeds: list[int], options: RunOptions
+) -> dict[str, list[RunPlan]]:
+    """Every (model, seed) run of a sweep on validated MRPC, planned before any training (both engines)."""
+    data_version = require_validated(params)
+    return {
+        model: [plan_run(params, options, data_version, model=model, seed=seed) for seed in seeds]
+        for model in models
+    }
+
+
 def run_sweep(
     params: Params,
     models: list[str],
@@ -286,11 +297,7 @@ def run_sweep(
 ) -> list[ModelSweep]:
     """Sweep the models over the seeds on validated MRPC; returns each model's parent and seed runs."""
     options = options or RunOptions()
-    data_version = require_validated(params)
-    plans = {
-        model: [plan_run(params, options, data_version, model=model, seed=seed) for seed in seeds]
-        for model in models
-    }
+    plans = plan_sweep(params, models, seeds, options)
     experiment_id = tracking.configure(params)
     client = MlflowClient()
     with session_run():
@@ -343,11 +350,7 @@ def run_sweep_on_ray(
     max_retries times, then reported (parent run, sweep.json, ParabenchError at the end) without stopping
     the others. Ctrl-C cancels every run and leaves their MLflow runs KILLED."""
     options, ray_options = options or RunOptions(), ray_options or RayOptions()
-    data_version = require_validated(params)
-    plans = {
-        model: [plan_run(params, options, data_version, model=model, seed=seed) for seed in seeds]
-        for model in models
-    }
+    plans = plan_sweep(params, models, seeds, options)
     tries = pick(ray_options.max_retries, params.ray.max_retries) + 1
     with cluster.ray_cluster(params, ray_options, log) as available:
         reserved = {
