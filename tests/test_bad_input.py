@@ -64,6 +64,15 @@ BAD_OPTIONS = [
     (["tune", "--time-budget-s", "-5"], 2, "--time-budget-s = '-5'"),
     (["tune", "--model", "tiny-bert+cosine"], 2, "frozen-encoder baseline"),
     (["tune", "--model", "nope"], 1, "unknown model 'nope'"),
+    (["tune", "--model", "tiny-bert+ensemble"], 2, "is a seed ensemble"),
+    (["train", "--teacher", "tiny-bert"], 2, "given together or not at all"),
+    (["train", "--distill-weight", "1.5"], 2, "--distill-weight = '1.5'"),
+    (["train", "--distill-temperature", "0"], 2, "--distill-temperature = '0'"),
+    (
+        ["train", "--model", "tiny-distilbert", "--recipe", "distill"],
+        1,
+        "no cached logits of the teacher all-mpnet-base-v2",
+    ),
     (["report", "--models", ""], 2, "--models '' names no model"),
     (["promote", "--models", ","], 2, "--models ',' names no model"),
     (["data", "fetch", "--source", "/nonexistent"], 1, "/nonexistent (from --source) does not exist"),
@@ -101,6 +110,11 @@ BAD_PARAMS = [
         edit_params(lambda raw: raw["tune"]["space"].update(learning_rate={"low": 1e-3, "high": 1e-5})),
         2,
         "low must be below high",
+    ),
+    (
+        edit_params(lambda raw: raw["recipes"]["distill"].pop("distill_weight")),
+        2,
+        "given together or not at all",
     ),
     (lambda params_file: params_file.write_text("train: [1, 2\n", encoding="utf-8"), 2, "is not valid YAML"),
 ]

@@ -187,3 +187,30 @@ def test_a_second_recipe_is_compared_and_the_default_recipe_fills_the_tables(
     assert "0.0001" in rows[0] and "2e-05" in rows[1]
     assert "7e-05" in rows[2] and "81.25" in rows[2]
     assert newest.identity.recipe_fingerprint != latest_sweeps(swept, [model])[0].identity.recipe_fingerprint
+
+
+def test_study_rows_the_pareto_front_and_a_test_over_seeds_are_reported(
+    swept: Params,  # noqa: F811
+    settings: ReportSettings,
+    table: pd.DataFrame,
+) -> None:
+    markdown = settings.results_md.read_text(encoding="utf-8")
+    marked = f"(study, {settings.paper_hardware})"
+    assert f"| albert-base-v2 {marked} | 11M | study |" in markdown
+    assert "## large" in markdown and f"meta-llama/Llama-2-7b-hf {marked}" in markdown
+    ours = [
+        (table.loc[m, "eval_samples_per_second_mean"], table.loc[m, "test_accuracy_mean"])
+        for m in SWEPT_MODELS
+    ]
+    front = [SWEPT_MODELS[i] for i in pareto_front(ours)]
+    front_line = next(line for line in markdown.splitlines() if line.startswith("- ours ("))
+    assert all(model in front_line for model in front)
+    assert all(model not in front_line for model in SWEPT_MODELS if model not in front)
+    best, other = sorted(SWEPT_MODELS, key=lambda m: -table.loc[m, "final_validation_accuracy_mean"])
+    a = [100 * finished_by_seed(swept, best)[seed].data.metrics["test_accuracy"] for seed in (13, 42)]
+    b = [100 * finished_by_seed(swept, other)[seed].data.metrics["test_accuracy"] for seed in (13, 42)]
+    p_value = 1.0 if a == b else stats.ttest_rel(a, b).pvalue
+    line = next(line for line in markdown.splitlines() if line.startswith("- **small**"))
+    assert f"{best} (seed" in line.split(" vs ")[0] and "over seeds 13,42" in line
+    assert f"mean difference {np.mean(np.subtract(a, b)):+.2f} points, p = {p_value:.4g}" in line
+    assert (settings.plots_dir / "tradeoff_all.png").read_bytes().startswith(b"\x89PNG")

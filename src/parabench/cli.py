@@ -128,6 +128,13 @@ SchedulerOption = Annotated[
     str | None, option("Learning-rate schedule: linear, cosine, … (default: recipe's).")
 ]
 GradNormOption = Annotated[str | None, option("Gradient clipping norm, > 0 (default: the recipe's).")]
+TeacherOption = Annotated[
+    str | None, option("Distil from this zoo model's cached logits (`parabench teacher`; default: recipe's).")
+]
+TemperatureOption = Annotated[str | None, option("Distillation temperature, > 0 (default: the recipe's).")]
+DistillWeightOption = Annotated[
+    str | None, option("Share of the soft (teacher) loss, in [0, 1] (default: the recipe's).")
+]
 MaxLengthOption = Annotated[
     str | None, option("Tokens per pair, ≥ 1 (default: params.yaml train.max_length).")
 ]
@@ -160,6 +167,9 @@ def train(
     warmup_ratio: WarmupOption = None,
     scheduler: SchedulerOption = None,
     max_grad_norm: GradNormOption = None,
+    teacher: TeacherOption = None,
+    distill_temperature: TemperatureOption = None,
+    distill_weight: DistillWeightOption = None,
     max_length: MaxLengthOption = None,
     max_train_samples: TrainCapOption = None,
     max_eval_samples: EvalCapOption = None,
@@ -196,6 +206,20 @@ def train(
         f"test accuracy: {summary.metrics['test_accuracy']:.4f}  test F1: {summary.metrics['test_f1']:.4f}"
     )
     typer.echo(ui_hint(params, summary.experiment_id, summary.run_id))
+
+
+@command(app, "teacher")
+def teacher(
+    model: Annotated[str, typer.Option(help="Zoo key of the fine-tuned teacher.")],
+    run_id: Annotated[
+        str | None, typer.Option(help="Its run to use (default: its best by validation accuracy).")
+    ] = None,
+) -> None:
+    """Cache a fine-tuned teacher's logits on the train split (params.yaml distill.dir) for distillation:
+    students whose recipe names it (e.g. `--recipe distill`) read them instead of running it."""
+    from parabench.training.teacher import cache_teacher_logits
+
+    cache_teacher_logits(load_params(), model, run_id, log=typer.echo)
 
 
 @command(app, "models")

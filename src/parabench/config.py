@@ -152,11 +152,33 @@ class Recipe(Section):
     max_grad_norm: PositiveFloat = 1.0
     # Keep the weights of the epoch with the best validation accuracy (early stopping chosen by validation).
     select_best_epoch: bool = False
+    # Knowledge distillation: the soft targets of `teacher` (a zoo key whose train-split logits `parabench
+    # teacher` cached) at `distill_temperature`, mixed with the labels' cross-entropy: loss =
+    # distill_weight · T² · KL(teacher ‖ student) + (1 − distill_weight) · CE. None: no teacher.
+    teacher: Name | None = None
+    distill_temperature: PositiveFloat | None = None
+    distill_weight: Annotated[float, Field(ge=0, le=1)] | None = None
+
+    @model_validator(mode="after")
+    def _distillation_is_whole(self) -> Recipe:
+        given = [
+            self.teacher is not None,
+            self.distill_temperature is not None,
+            self.distill_weight is not None,
+        ]
+        if any(given) and not all(given):
+            raise ValueError(
+                "teacher, distill_temperature and distill_weight are given together or not at all"
+            )
+        return self
 
     def with_overrides(self, **overrides: Any) -> Recipe:
         """A copy with the given non-None fields replaced (CLI options, MLproject parameters)."""
         given = {k: v for k, v in overrides.items() if v is not None and k in type(self).model_fields}
-        return Recipe.model_validate({**self.model_dump(), **given})
+        try:
+            return Recipe.model_validate({**self.model_dump(), **given})
+        except ValidationError as error:
+            raise ConfigError(describe(error, "the recipe with the options given")) from error
 
 
 class LoraParams(Section):
@@ -174,6 +196,12 @@ class BaselineParams(Section):
     c_grid: Annotated[list[PositiveFloat], Field(min_length=1)]  # logreg: the C values tried
     max_iter: Positive  # logreg: lbfgs iterations
     embed_batch_size: Positive | None = None  # sentences per batch; None: train.eval_batch_size
+
+
+class DistillParams(Section):
+    """Where `parabench teacher` caches a fine-tuned teacher's train-split logits (one file per teacher)."""
+
+    dir: Path
 
 
 class HubParams(Section):
@@ -301,6 +329,7 @@ class ReportParams(Section):
     plots_dir: Path
     confidence: OpenFraction
     significance_level: OpenFraction
+    paper_hardware: Name
     majority_rate: Fraction
     collapse_margin: Fraction
 
@@ -315,6 +344,7 @@ class PromoteParams(Section):
     aliases: Aliases
     state_file: Path
     lock_timeout_s: PositiveFloat
+    allow_ensembles: bool = False  # seed ensembles cost N forward passes per pair: never champion unless true
 
 
 class ServeParams(Section):
@@ -358,6 +388,7 @@ class Params(Section):
     recipes: Annotated[dict[Name, Recipe], Field(min_length=1)]
     lora: LoraParams
     baselines: BaselineParams
+    distill: DistillParams
     hub: HubParams
     tiny: TinyParams
     inference: InferenceParams
@@ -427,6 +458,9 @@ class RunOptions(GivenOptions):
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = None
     scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
     max_grad_norm: PositiveFloat | None = None
+    teacher: Name | None = None
+    distill_temperature: PositiveFloat | None = None
+    distill_weight: Annotated[float, Field(ge=0, le=1)] | None = None
     max_length: Positive | None = None
     max_train_samples: NonNegative | None = None
     max_eval_samples: NonNegative | None = None
@@ -482,7 +516,9 @@ def describe(error: ValidationError, where: str, name_of: dict[str, str] | None 
     key = ".".join(location)
     key = name_of.get(key, name_of.get(location[0], key) if location else key)
     message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
+    if not location:  # a check of the whole section (a model validator)
+        line = f"{where}: {message}"
+    elif first["type"] == "extra_forbidden":
         line = f"{where}: unknown key '{key}'"
     elif first["type"] == "missing":
         line = f"{where}: '{key}' is missing"

@@ -214,10 +214,7 @@ def load_bench_model(params: Params, model_key: str, run_id: str | None) -> tupl
     weights: Any = resolve_weights(spec, params)
     source = f"zoo weights of {spec.key} (not fine-tuned)"
     if run_id:
-        import mlflow
-
-        folder = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model")
-        weights, source = Path(folder) / "artifacts" / "weights", f"fine-tuned weights of run {run_id}"
+        weights, source = tracking.model_folder(run_id), f"fine-tuned weights of run {run_id}"
     tokenizer, model = load_tokenizer_and_model(spec, params, weights=weights)
     return tokenizer, merge_lora(model) if spec.lora and not run_id else model, source
 

@@ -63,15 +63,18 @@ def prepare_for_inference(model: torch.nn.Module, path: str) -> torch.nn.Module:
 
 
 Batch = dict[str, torch.Tensor]
+TEACHER_LOGITS = "teacher_logits"  # a batch's teacher log-odds (distillation), never given to forward()
 
 
 @dataclass(frozen=True)
 class EncodedSplit:
-    """A split tokenized once: token ids per pair (unpadded) and labels."""
+    """A split tokenized once: token ids per pair (unpadded) and labels; for a distilled student's train split
+    also the teacher's logit (log-odds of a paraphrase) per pair."""
 
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
     labels: np.ndarray
+    teacher_logits: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -93,8 +96,24 @@ class Predictions:
         return (self.probabilities >= 0.5).astype(np.int64)
 
     @property
+    def log_odds(self) -> np.ndarray:
+        """log(p / (1 − p)) per pair: a two-class model's logit difference, finite (p clipped to float32's
+        resolution, where the softmax computing p saturates)."""
+        eps = float(np.finfo(np.float32).eps)
+        p = np.clip(self.probabilities, eps, 1 - eps)
+        return np.log(p) - np.log1p(-p)
+
+    @property
     def samples_per_second(self) -> float:
         return len(self.probabilities) / self.seconds if self.seconds else 0.0
+
+
+def mean_predictions(members: list[Predictions]) -> Predictions:
+    """A seed ensemble's predictions: the members' mean probability, the time of all of them together."""
+    return Predictions(
+        np.mean([member.probabilities for member in members], axis=0),
+        sum(member.seconds for member in members),
+    )
 
 
 def encode_pairs(
@@ -143,6 +162,8 @@ def collate(split: EncodedSplit, indices: np.ndarray, pad_token_id: int) -> Batc
     }
     if token_type_ids is not None:
         batch["token_type_ids"] = token_type_ids
+    if split.teacher_logits is not None:
+        batch[TEACHER_LOGITS] = torch.from_numpy(split.teacher_logits[indices]).float()
     return batch
 
 
@@ -154,9 +175,12 @@ def sorted_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]
 
 
 def model_inputs(model: PreTrainedModel, batch: Batch) -> Batch:
-    """Drop token_type_ids for models whose forward() has none (RoBERTa-like with type vocab 1, BART, …)."""
+    """What forward() takes: no teacher logits, and no token_type_ids for models whose forward() has none
+    (RoBERTa-like with type vocab 1, BART, …)."""
     accepts_types = getattr(model.config, "type_vocab_size", 0) > 1
-    return {k: v for k, v in batch.items() if k != "token_type_ids" or accepts_types}
+    return {
+        k: v for k, v in batch.items() if k != TEACHER_LOGITS and (k != "token_type_ids" or accepts_types)
+    }
 
 
 def predict(

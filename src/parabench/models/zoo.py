@@ -51,6 +51,8 @@ class ModelSpec:
     # A sentence-embedding baseline: `encoder` (a zoo key) frozen, its embeddings scored by `head` (HEADS).
     head: str | None = None
     encoder: str | None = None
+    # A seed ensemble: the mean probability of the FINISHED seed runs of `members` (a zoo key), same recipe.
+    members: str | None = None
 
     def __hash__(self) -> int:  # the dict fields are not hashable; key and source identify a spec
         return hash((self.key, self.source))
@@ -94,12 +96,18 @@ def families() -> dict[str, dict[str, Any]]:
 
 def make_spec(key: str, entry: dict[str, Any]) -> ModelSpec:
     """A ModelSpec from one models.yaml entry, checked against the known families and size classes. A baseline
-    entry (`encoder` + `head`) takes source, family, size class and tiny config from its encoder's entry."""
+    entry (`encoder` + `head`) takes source, family, size class and tiny config from its encoder's entry, an
+    ensemble entry (`members`) everything but the study's numbers from its members' entry."""
     if "encoder" in entry:
         encoder = zoo_document()["models"].get(entry["encoder"])
         if encoder is None or "encoder" in encoder or entry.get("head") not in HEADS:
             raise ParabenchError(f"{ZOO_FILE}: baseline '{key}' needs an encoder model and a head in {HEADS}")
         entry = {**encoder, "recipe": None, "lora": False, "paper": None, **entry}
+    if "members" in entry:
+        member = zoo_document()["models"].get(entry["members"])
+        if member is None or "encoder" in member or "members" in member:
+            raise ParabenchError(f"{ZOO_FILE}: ensemble '{key}' needs a fine-tuned model as its members")
+        entry = {**member, "paper": None, **entry}  # the members' source, family, class and recipe
     spec = ModelSpec(
         key=key,
         source=entry["source"],
@@ -111,6 +119,7 @@ def make_spec(key: str, entry: dict[str, Any]) -> ModelSpec:
         tiny=dict(entry.get("tiny") or {}),
         head=entry.get("head"),
         encoder=entry.get("encoder"),
+        members=entry.get("members"),
     )
     if spec.family not in families() or spec.size_class not in SIZE_CLASSES:
         raise ParabenchError(f"{ZOO_FILE}: model '{key}' has an unknown family or size class")

@@ -1,5 +1,7 @@
 """`parabench promote`: per size class, the model with the best mean validation accuracy becomes the
-`champion` of its registered model (parabench-small, parabench-regular, parabench-large).
+`champion` of its registered model (parabench-small, parabench-regular, parabench-large). Every recipe a model
+was swept with competes (a distilled student against the same model fine-tuned alone); a seed ensemble only
+when params.yaml promote.allow_ensembles is true.
 
 The test split never chooses. A model is represented by its best-validation seed's run. A champion is never
 replaced by a worse one (lower mean validation accuracy) on the same data version; the one replaced keeps
@@ -26,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from parabench.common.files import write_json
 from parabench.config import ParabenchError, Params
 from parabench.study.report import class_order
-from parabench.study.sweep import ModelSweep, latest_sweeps, mean_std, named
+from parabench.study.sweep import ModelSweep, mean_std, named, sweeps_by_model
 from parabench.tracking import client as tracking
 
 MODEL_ARTIFACT = "model"
@@ -57,6 +59,7 @@ class Candidate:
             "source_run_id": self.run_id,
             "data_version": self.sweep.identity.data_version,
             "recipe_fingerprint": self.sweep.identity.recipe_fingerprint,
+            "recipe": self.sweep.runs[self.sweep.best_seed].data.params.get("recipe", ""),
             "n_seeds": str(len(self.sweep.runs)),
             "mean_validation_accuracy": f"{validation_mean:.6f}",
             "std_validation_accuracy": f"{validation_std:.6f}",
@@ -180,7 +183,15 @@ def promote(
     """Promote the best model of each size class; write the registry state (params.yaml promote.state_file)
     and return it as text."""
     settings = params.promote
-    found = candidates(latest_sweeps(params, models, data_version))
+    sweeps = [sweep for found in sweeps_by_model(params, models, data_version).values() for sweep in found]
+    if not settings.allow_ensembles:
+        for sweep in (sweep for sweep in sweeps if sweep.is_ensemble):
+            log(
+                f"{sweep.model}: a seed ensemble, not a candidate "
+                "(params.yaml promote.allow_ensembles: false)"
+            )
+        sweeps = [sweep for sweep in sweeps if not sweep.is_ensemble]
+    found = candidates(sweeps)
     if not found:
         raise ParabenchError(f"no FINISHED sweep runs of {named(models)}; run `parabench sweep` first")
     client = MlflowClient()

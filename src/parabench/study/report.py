@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from parabench.common.files import write_text
 from parabench.common.tables import markdown_table
 from parabench.config import ParabenchError, Params
-from parabench.models.zoo import get_spec
+from parabench.models.zoo import get_spec, load_zoo
 from parabench.study.sweep import ModelSweep, mean_std, named, sweeps_by_model
 from parabench.tracking import client as tracking
 from parabench.training.plan import TUNED_PREFIX, tuned_recipes
@@ -50,6 +50,7 @@ class ReportSettings:
     plots_dir: Path
     confidence: float
     significance_level: float
+    paper_hardware: str
     majority_rate: float
     collapse_margin: float
 
@@ -199,8 +200,24 @@ def mcnemar_exact(first: pd.DataFrame, second: pd.DataFrame) -> tuple[int, int, 
     return len(merged), only_a, only_b, float(p_value)
 
 
+def paired_seed_test(first: ModelSweep, second: ModelSweep) -> dict[str, Any]:
+    """A paired t-test of test accuracy (points) over the seeds both sweeps share; NaN with fewer than two."""
+    from scipy import stats
+
+    shared = sorted(set(first.runs) & set(second.runs))
+    row: dict[str, Any] = {"shared_seeds": ",".join(map(str, shared))}
+    if len(shared) < 2:
+        return row | {"seed_mean_difference": math.nan, "seed_p_value": math.nan}
+    a = [100 * first.runs[seed].data.metrics["test_accuracy"] for seed in shared]
+    b = [100 * second.runs[seed].data.metrics["test_accuracy"] for seed in shared]
+    differences = np.subtract(a, b)
+    p_value = 1.0 if not differences.any() else float(stats.ttest_rel(a, b).pvalue)
+    return row | {"seed_mean_difference": float(differences.mean()), "seed_p_value": p_value}
+
+
 def paired_tests(results: list[ModelResult], settings: ReportSettings) -> list[dict[str, Any]]:
-    """Per size class, McNemar's exact test on the test predictions of the two best models' best seeds."""
+    """Per size class, its best model (mean validation accuracy) against every other: McNemar's exact test on
+    the test predictions of their best seeds, and a paired t-test over the seeds they share."""
     tests = []
     for size_class in class_order(result.sweep.size_class for result in results):
         ranked = sorted(
@@ -208,26 +225,28 @@ def paired_tests(results: list[ModelResult], settings: ReportSettings) -> list[d
             key=lambda r: r.sweep.mean(tracking.VALIDATION_SCORE),
             reverse=True,
         )
-        if len(ranked) < 2:
-            continue
-        first, second = ranked[:2]
-        pairs, only_first, only_second, p_value = mcnemar_exact(
-            first.predictions[first.best_seed], second.predictions[second.best_seed]
-        )
-        tests.append(
-            {
-                "size_class": size_class,
-                "model_a": first.sweep.model,
-                "seed_a": first.best_seed,
-                "model_b": second.sweep.model,
-                "seed_b": second.best_seed,
-                "pairs": pairs,
-                "only_a_correct": only_first,
-                "only_b_correct": only_second,
-                "p_value": p_value,
-                "significant": p_value < settings.significance_level,
-            }
-        )
+        best = ranked[0]
+        for other in ranked[1:]:
+            pairs, only_first, only_second, p_value = mcnemar_exact(
+                best.predictions[best.best_seed], other.predictions[other.best_seed]
+            )
+            seeds = paired_seed_test(best.sweep, other.sweep)
+            tests.append(
+                {
+                    "size_class": size_class,
+                    "model_a": best.sweep.model,
+                    "seed_a": best.best_seed,
+                    "model_b": other.sweep.model,
+                    "seed_b": other.best_seed,
+                    "pairs": pairs,
+                    "only_a_correct": only_first,
+                    "only_b_correct": only_second,
+                    "p_value": p_value,
+                    "significant": p_value < settings.significance_level,
+                    **seeds,
+                    "seed_significant": seeds["seed_p_value"] < settings.significance_level,
+                }
+            )
     return tests
 
 
@@ -298,12 +317,65 @@ def table_line(row: dict[str, Any]) -> str:
 
 def significance_line(test: dict[str, Any]) -> str:
     verdict = "significant" if test["significant"] else "not significant"
+    if math.isnan(test["seed_p_value"]):
+        over_seeds = "fewer than two shared seeds: no test over seeds"
+    else:
+        seed_verdict = "significant" if test["seed_significant"] else "not significant"
+        over_seeds = (
+            f"over seeds {test['shared_seeds']}, paired t-test of test accuracy: mean difference "
+            f"{test['seed_mean_difference']:+.2f} points, p = {test['seed_p_value']:.4g} ({seed_verdict})"
+        )
     return (
         f"- **{test['size_class']}**: {test['model_a']} (seed {test['seed_a']}) vs {test['model_b']} "
         f"(seed {test['seed_b']}) on {test['pairs']} test pairs: only the first right on "
         f"{test['only_a_correct']}, only the second on {test['only_b_correct']}; exact McNemar "
-        f"p = {test['p_value']:.4g} ({verdict})"
+        f"p = {test['p_value']:.4g} ({verdict}); {over_seeds}"
     )
+
+
+def study_cells(model: str, paper: dict[str, Any], hardware_name: str) -> list[str]:
+    """A study's model in the class table: its reported test numbers (mean ± std over its 5 seeds) and
+    samples/s, measured on another machine; no train or validation numbers (the study gives none)."""
+    row = ["n/a"] * len(TABLE_COLUMNS)
+    row[0] = f"{model} (study, {hardware_name})"
+    row[1] = str(paper.get("parameters") or MISSING)
+    row[2] = "study"
+
+    def cell(name: str, digits: int = 2) -> str:
+        mean, std = paper.get(name), paper.get(f"{name}_std")
+        return plus_minus(math.nan if mean is None else mean, math.nan if std is None else std, digits)
+
+    row[TABLE_COLUMNS.index("Test acc")] = cell("test_accuracy")
+    row[TABLE_COLUMNS.index("Test F1")] = cell("test_f1")
+    row[TABLE_COLUMNS.index("Samples/s")] = cell("samples_per_second", 1)
+    row[TABLE_COLUMNS.index("Paper test acc")] = number(paper.get("test_accuracy"))
+    row[TABLE_COLUMNS.index("Paper test F1")] = number(paper.get("test_f1"))
+    return row
+
+
+def study_models() -> dict[str, tuple[str, dict[str, Any]]]:
+    """The study's models in the zoo: key -> (size class, reported numbers)."""
+    return {key: (spec.size_class, spec.paper) for key, spec in load_zoo().items() if spec.paper}
+
+
+def front_lines(rows: list[dict[str, Any]], settings: ReportSettings) -> list[str]:
+    """The Pareto front of test accuracy against samples/s: over our rows (one machine) and, apart, over the
+    study's (its hardware): the models no other beats on both."""
+    lines = []
+    ours = [(row["eval_samples_per_second_mean"], row["test_accuracy_mean"], row["model"]) for row in rows]
+    theirs = [
+        (paper["samples_per_second"], paper["test_accuracy"], model)
+        for model, (_, paper) in study_models().items()
+        if paper.get("samples_per_second") is not None and paper.get("test_accuracy") is not None
+    ]
+    for label, points in (
+        (f"ours ({measured_on(rows)})", ours),
+        (f"the study's ({settings.paper_hardware})", theirs),
+    ):
+        front = sorted((points[i] for i in pareto_front([p[:2] for p in points])), key=lambda p: p[0])
+        described = ", ".join(f"{name} ({accuracy:.2f} %, {speed:.1f}/s)" for speed, accuracy, name in front)
+        lines.append(f"- {label}: {described or 'no rows'}")
+    return lines
 
 
 def measured_on(rows: list[dict[str, Any]]) -> str:
@@ -323,10 +395,28 @@ def markdown(report: Report, results: list[ModelResult], settings: ReportSetting
         "points. ⚠: a seed collapsed to the majority class (see below).",
         "",
     ]
-    for size_class in class_order(row["size_class"] for row in report.rows):
+    study = study_models()
+    ours = {row["model"] for row in report.rows}
+    classes = [row["size_class"] for row in report.rows] + [size_class for size_class, _ in study.values()]
+    for size_class in class_order(classes):
         rows = [table_cells(row) for row in report.rows if row["size_class"] == size_class]
+        rows += [
+            study_cells(model, paper, settings.paper_hardware)
+            for model, (model_class, paper) in study.items()
+            if model_class == size_class and model not in ours
+        ]
         lines += [f"## {size_class}", "", *markdown_table(TABLE_COLUMNS, rows), ""]
-    lines += ["## Paired significance (two best models per class by mean validation accuracy)", ""]
+    lines += [
+        "Rows marked *study* are the study's own numbers (test only, over its 5 seeds), measured on "
+        f"{settings.paper_hardware}: their samples/s are not comparable with ours.",
+        "",
+        "## Pareto front: test accuracy against samples/s",
+        "",
+        *front_lines(report.rows, settings),
+        "",
+        "## Paired significance (each class's best model by mean validation accuracy against every other)",
+        "",
+    ]
     lines += [significance_line(test) for test in report.tests] or ["- no class has two models"]
     lines += ["", "## Recipes compared (chosen by mean validation accuracy; test only reported)", ""]
     lines += recipe_lines(report.recipes)
@@ -482,6 +572,51 @@ def plot_tradeoff(rows: list[dict[str, Any]], size_class: str, path: Path) -> Pa
     return save(figure, path)
 
 
+def plot_front(rows: list[dict[str, Any]], settings: ReportSettings, path: Path) -> Path:
+    """Every row of ours (a colour per class) and the study's (hollow, its own hardware) on one accuracy vs
+    samples/s plot, log-scaled speed, with our Pareto front joined."""
+    figure, (axis,) = new_figure(width=9.0, height=5.5)
+    classes = class_order(row["size_class"] for row in rows)
+    for index, size_class in enumerate(classes):
+        mine = [row for row in rows if row["size_class"] == size_class]
+        axis.scatter(
+            [row["eval_samples_per_second_mean"] for row in mine],
+            [row["test_accuracy_mean"] for row in mine],
+            color=f"C{index}",
+            label=f"{size_class} (ours)",
+            zorder=3,
+        )
+        for row in mine:
+            point = (row["eval_samples_per_second_mean"], row["test_accuracy_mean"])
+            axis.annotate(row["model"], point, textcoords="offset points", xytext=(4, 4), fontsize=7)
+    study = [
+        (paper["samples_per_second"], paper["test_accuracy"], model)
+        for model, (_, paper) in study_models().items()
+        if paper.get("samples_per_second") is not None and paper.get("test_accuracy") is not None
+    ]
+    if study:
+        axis.scatter(
+            [s for s, _, _ in study],
+            [a for _, a, _ in study],
+            facecolors="none",
+            edgecolors="grey",
+            label=f"study ({settings.paper_hardware})",
+        )
+        for speed, accuracy, model in study:
+            axis.annotate(model, (speed, accuracy), textcoords="offset points", xytext=(4, -8), fontsize=6)
+    points = [(row["eval_samples_per_second_mean"], row["test_accuracy_mean"]) for row in rows]
+    front = sorted(points[i] for i in pareto_front(points))
+    axis.plot(*zip(*front, strict=True), "r*--", markersize=12, label="Pareto front (ours)")
+    axis.set_xscale("log")
+    axis.set(
+        xlabel="test inference samples/s (log)",
+        ylabel="test accuracy (%)",
+        title="Every model: accuracy vs speed",
+    )
+    axis.legend(fontsize=8)
+    return save(figure, path)
+
+
 def plot_seed_spread(results: list[ModelResult], path: Path) -> Path:
     """Test accuracy of every seed, per model: a box per model with the seeds drawn over it."""
     figure, (axis,) = new_figure(width=max(7.0, 1.2 * len(results)))
@@ -530,6 +665,7 @@ def write_outputs(report: Report, results: list[ModelResult], settings: ReportSe
     for size_class in class_order(row["size_class"] for row in report.rows):
         rows = [row for row in report.rows if row["size_class"] == size_class]
         paths.append(plot_tradeoff(rows, size_class, settings.plots_dir / f"tradeoff_{size_class}.png"))
+    paths.append(plot_front(report.rows, settings, settings.plots_dir / "tradeoff_all.png"))
     paths.append(plot_seed_spread(results, settings.plots_dir / "seed_spread.png"))
     paths.append(plot_validation_curves(results, settings.plots_dir / "validation_curves.png"))
     return paths

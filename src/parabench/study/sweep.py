@@ -55,7 +55,7 @@ class Identity:
 
     def filter(self) -> str:
         """An MLflow search filter matching runs that carry these three tags."""
-        return " and ".join(f"tags.{key} = '{quoted(value)}'" for key, value in self.tags().items())
+        return " and ".join(f"tags.{key} = '{tracking.quoted(value)}'" for key, value in self.tags().items())
 
     @classmethod
     def of(cls, run: Run) -> Identity:
@@ -84,6 +84,11 @@ class ModelSweep:
         return self.parent.data.tags["size_class"]
 
     @property
+    def is_ensemble(self) -> bool:
+        """A seed ensemble's sweep (its runs average other runs)."""
+        return any(tracking.ENSEMBLE_TAG in run.data.tags for run in self.runs.values())
+
+    @property
     def best_seed(self) -> int:
         """The seed whose run has the highest validation accuracy (the lowest seed on a tie)."""
         score = tracking.VALIDATION_SCORE
@@ -95,11 +100,6 @@ class ModelSweep:
 
     def mean(self, metric: str) -> float:
         return mean_std(self.values(metric))[0]
-
-
-def quoted(value: str) -> str:
-    """A value made safe inside a single-quoted MLflow filter string."""
-    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def parse_models(value: str | None, params: Params) -> list[str]:
@@ -170,17 +170,6 @@ def find_parents(client: MlflowClient, experiment_id: str, extra_filter: str = "
     return search(client, experiment_id, " and ".join(filters))
 
 
-def seed_runs(client: MlflowClient, experiment_id: str, identity: Identity) -> dict[int, Run]:
-    """The newest FINISHED training run of each seed with this identity (sweep children, `train` runs, a
-    completed tune trial; never a pruned trial)."""
-    runs: dict[int, Run] = {}
-    for run in search(client, experiment_id, f"{identity.filter()} and attributes.status = '{FINISHED}'"):
-        tags = run.data.tags
-        if tags.get(PARENT_TAG) != PARENT_VALUE and "seed" in tags and tracking.PRUNED_TAG not in tags:
-            runs.setdefault(int(tags["seed"]), run)
-    return dict(sorted(runs.items()))
-
-
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1, NaN for a single value) of the values."""
     values = list(values)
@@ -245,7 +234,7 @@ def sweep_model(
     identity = identity_of(plans[0])
     with open_parent(client, experiment_id, identity, plans[0].spec.size_class) as parent:
         parent_id = parent.info.run_id
-        done = seed_runs(client, experiment_id, identity)
+        done = tracking.seed_runs(experiment_id, identity.tags())
         for index, plan in enumerate(plans, start=1):
             where = f"[{progress}seed {index}/{len(plans)}] {identity.model} seed {plan.seed}"
             if plan.seed in done:
@@ -262,7 +251,7 @@ def record_outcome(
 ) -> dict[int, Run]:
     """On the parent run: the aggregates over every FINISHED seed, which seeds those are, and the seeds that
     failed with why; returns the FINISHED seed runs."""
-    runs = seed_runs(client, experiment_id, identity)
+    runs = tracking.seed_runs(experiment_id, identity.tags())
     metrics = aggregate(runs.values()) | {"n_failed": float(len(failed))}
     timestamp = int(time.time() * 1000)
     client.log_batch(
@@ -280,11 +269,17 @@ def record_outcome(
 def plan_sweep(
     params: Params, models: list[str], seeds: list[int], options: RunOptions
 ) -> dict[str, list[RunPlan]]:
-    """Every (model, seed) run of a sweep on validated MRPC, planned before any training (both engines)."""
+    """Every (model, seed) run of a sweep on validated MRPC, planned before any training (both engines).
+    A seed ensemble (`<model>+ensemble`) comes after the other models, with one run (the first seed): it
+    averages its members' FINISHED seeds and trains nothing, so another seed would only repeat it."""
     data_version = require_validated(params)
+    ensembles = [model for model in models if get_spec(model, params).members is not None]
     return {
-        model: [plan_run(params, options, data_version, model=model, seed=seed) for seed in seeds]
-        for model in models
+        model: [
+            plan_run(params, options, data_version, model=model, seed=seed)
+            for seed in (seeds[:1] if model in ensembles else seeds)
+        ]
+        for model in [*(m for m in models if m not in ensembles), *ensembles]
     }
 
 
@@ -370,7 +365,7 @@ def run_sweep_on_ray(
                 parents[model] = parent_run_id(
                     client, experiment_id, identity, model_plans[0].spec.size_class
                 )
-                done = seed_runs(client, experiment_id, identity)
+                done = tracking.seed_runs(experiment_id, identity.tags())
                 env = cluster.worker_env(uri, experiment_name, reserved[model])
                 for plan in model_plans:
                     if plan.seed in done:
@@ -500,7 +495,7 @@ def sweeps_by_model(
     for parent in parents:
         identity = Identity.of(parent)
         if identity.data_version == data_version:
-            runs = seed_runs(client, experiment_id, identity)
+            runs = tracking.seed_runs(experiment_id, identity.tags())
             if runs:
                 found.setdefault(identity.model, []).append(ModelSweep(parent, runs))
     for model, sweeps in found.items():

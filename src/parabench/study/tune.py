@@ -138,8 +138,9 @@ def run_tune(
     options, ray_options = options or RunOptions(), ray_options or RayOptions()
     data_version = require_validated(params)
     base = plan_run(params, options, data_version, model=model)
-    if base.spec.head is not None:
-        raise ConfigError(f"{model} is a frozen-encoder baseline: it has no training recipe to tune")
+    if base.spec.head is not None or base.spec.members is not None:
+        kind = "a frozen-encoder baseline" if base.spec.head else "a seed ensemble"
+        raise ConfigError(f"{model} is {kind}: it has no training recipe to tune")
     tune_params = params.tune
     with cluster.ray_cluster(params, ray_options, log) as available:
         reserved = cluster.resources_for(params, base.spec.size_class, ray_options, available)

@@ -46,6 +46,7 @@ EPOCH_METRICS = ("train_loss", "validation_accuracy", "validation_f1")
 SQLITE_PREFIX = "sqlite:///"
 # A Tune trial stopped before its last epoch (ASHA, the time budget): FINISHED, but never a seed of a study.
 PRUNED_TAG = "pruned"
+ENSEMBLE_TAG = "ensemble_members"  # on a seed ensemble's run: how many seed runs it averages
 
 
 def tracking_uri(params: Params) -> str:
@@ -113,6 +114,56 @@ def run_exists(run_id: str) -> bool:
         return mlflow.MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
     except MlflowException:
         return False
+
+
+def seed_runs(experiment_id: str, tags: dict[str, str]) -> dict[int, mlflow.entities.Run]:
+    """The newest FINISHED training run of each seed among the runs carrying these tags (sweep children,
+    `train` runs, a completed tune trial; never a sweep parent, which has no seed, or a pruned trial)."""
+    condition = " and ".join(f"tags.{key} = '{quoted(value)}'" for key, value in tags.items())
+    runs: dict[int, mlflow.entities.Run] = {}
+    for run in mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        f"{condition} and attributes.status = 'FINISHED'",
+        max_results=10_000,
+        order_by=["attributes.start_time DESC"],
+    ):
+        if "seed" in run.data.tags and PRUNED_TAG not in run.data.tags:
+            runs.setdefault(int(run.data.tags["seed"]), run)
+    return dict(sorted(runs.items()))
+
+
+def quoted(value: str) -> str:
+    """A value made safe inside a single-quoted MLflow filter string."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def best_run(experiment_id: str, model: str, data_version: str) -> mlflow.entities.Run | None:
+    """The FINISHED training run of the model on this data version with the best validation accuracy (any
+    recipe; never a sweep parent or a pruned trial), or None."""
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        f"tags.model = '{quoted(model)}' and tags.data_version = '{quoted(data_version)}' "
+        "and attributes.status = 'FINISHED'",
+        max_results=10_000,
+    )
+    trained = [
+        run
+        for run in runs
+        if VALIDATION_SCORE in run.data.metrics
+        and "seed" in run.data.tags
+        and PRUNED_TAG not in run.data.tags
+    ]
+    return max(trained, key=lambda run: run.data.metrics[VALIDATION_SCORE], default=None)
+
+
+def model_folder(run_id: str, destination: Path | None = None) -> Path:
+    """The saved weights folder (save_pretrained) of a run's logged model, downloaded from the store."""
+    if destination is not None:
+        destination.mkdir(parents=True, exist_ok=True)
+    folder = mlflow.artifacts.download_artifacts(
+        f"runs:/{run_id}/model", dst_path=None if destination is None else str(destination)
+    )
+    return Path(folder) / "artifacts" / "weights"
 
 
 def launch_experiment_id() -> str | None:

@@ -30,14 +30,8 @@ from parabench.models.zoo import count_parameters, model_size_mb, resolve_weight
 from parabench.serving.baseline import log_baseline_model
 from parabench.tracking import client as tracking
 from parabench.training.engine import set_seed
-from parabench.training.metrics import classification_metrics
 from parabench.training.plan import RunPlan
-from parabench.training.run import (
-    SPLITS,
-    RunSummary,
-    log_evaluation_artifacts,
-    subsample,
-)
+from parabench.training.run import RunSummary, log_evaluation_artifacts, split_metrics, subsample
 
 # Fine-tuning settings a baseline does not have: left out of its logged parameters.
 NOT_LOGGED = {*Recipe.model_fields, "optimizer", "gradient_accumulation_steps", "checkpoint_every_steps"}
@@ -191,12 +185,7 @@ def track_baseline(
         predictions = {
             split: Predictions(head.probabilities(*embedded[split]), 0.0) for split in ("train", "validation")
         } | {"test": Predictions(test_probabilities, time.perf_counter() - started)}
-        final: dict[str, float] = {}
-        for split in SPLITS:
-            scores = classification_metrics(labels[split], predictions[split].labels)
-            prefix = "final_validation" if split == "validation" else split
-            final |= {f"{prefix}_{name}": value for name, value in scores.items()}
-            log(f"evaluated {split}: accuracy {scores['accuracy']:.4f}  f1 {scores['f1']:.4f}")
+        final = split_metrics(labels, predictions, log)
         final |= {
             "kept_epoch": 0,
             "train_samples_per_second": len(frames["train"]) / fit_seconds if fit_seconds else 0.0,

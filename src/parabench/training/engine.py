@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, get_scheduler
 
 from parabench.common.progress import progress
 from parabench.config import ConfigError, Recipe
-from parabench.models.inference import EncodedSplit, collate, model_inputs, predict
+from parabench.models.inference import TEACHER_LOGITS, EncodedSplit, collate, model_inputs, predict
 from parabench.training.checkpoints import Checkpoints, TrainingState
 from parabench.training.metrics import classification_metrics
 
@@ -179,6 +179,35 @@ def build_optimizer(
     return optimizer, scheduler
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """Soft targets of a teacher mixed with the labels (Hinton et al.): weight · T² · KL(teacher ‖ student)
+    at temperature T + (1 − weight) · cross-entropy. A pair's teacher is its log-odds d: logits (0, d)."""
+
+    temperature: float
+    weight: float
+
+    @classmethod
+    def of(cls, recipe: Recipe) -> Distillation | None:
+        if recipe.teacher is None:
+            return None
+        assert recipe.distill_temperature is not None and recipe.distill_weight is not None
+        return cls(recipe.distill_temperature, recipe.distill_weight)
+
+    def loss(
+        self, logits: torch.Tensor, hard_loss: torch.Tensor, teacher_log_odds: torch.Tensor
+    ) -> torch.Tensor:
+        t = self.temperature
+        teacher = torch.stack([torch.zeros_like(teacher_log_odds), teacher_log_odds], dim=-1).to(logits)
+        soft = torch.nn.functional.kl_div(
+            torch.log_softmax(logits.float() / t, dim=-1),
+            torch.log_softmax(teacher.float() / t, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        return self.weight * t * t * soft + (1 - self.weight) * hard_loss
+
+
 def train_steps(
     accelerator: Accelerator,
     model: Any,
@@ -189,17 +218,22 @@ def train_steps(
     description: str = "training",
     on_optimizer_step: Callable[[int, list[float]], None] = lambda step, losses: None,
     losses: list[float] | None = None,
+    distillation: Distillation | None = None,
 ) -> list[float]:
     """One pass over a prepared loader: forward, backward, clip and step as accelerate accumulates them.
-    Returns the loss of every micro-batch this process ran (appended to `losses` when given). A progress bar
-    shows pairs/s and the running loss on a terminal."""
+    With `distillation` the loss mixes in the batch's teacher logits. Returns the loss of every micro-batch
+    this process ran (appended to `losses` when given). A progress bar shows pairs/s and the running loss on
+    a terminal."""
     model.train()
     losses = [] if losses is None else losses
     steps = 0
     with progress(len(loader), description, unit="batch") as bar:
         for batch in loader:
             with accelerator.accumulate(model):
-                loss = model(**model_inputs(accelerator.unwrap_model(model), batch)).loss
+                outputs = model(**model_inputs(accelerator.unwrap_model(model), batch))
+                loss = outputs.loss
+                if distillation is not None:
+                    loss = distillation.loss(outputs.logits, loss, batch[TEACHER_LOGITS])
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -287,6 +321,7 @@ def fine_tune(
             description,
             every_steps,
             losses,
+            Distillation.of(recipe),
         )
         seconds = earlier + time.perf_counter() - started
         result.train_seconds += seconds

@@ -90,7 +90,7 @@ class RunPlan:
     def logged_params(self) -> dict[str, Any]:
         """The run's parameters as MLflow shows them (the recipe after overrides, caps, model, data)."""
         return {
-            **self.recipe.model_dump(),
+            **self.recipe.model_dump(exclude_none=True),
             "recipe": self.recipe_name,
             "model": self.spec.key,
             "size_class": self.spec.size_class,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -31,6 +32,7 @@ from parabench.training.checkpoints import Checkpoints
 from parabench.training.engine import EpochResult, fine_tune, make_accelerator, set_seed
 from parabench.training.metrics import classification_metrics
 from parabench.training.plan import RunPlan
+from parabench.training.teacher import teacher_logits
 
 SPLITS = ("train", "validation", "test")
 
@@ -97,6 +99,10 @@ def train_and_track(
         from parabench.training.baselines import track_baseline
 
         return track_baseline(params, plan, log, nested, extra_tags, parent_run_id)
+    if spec.members is not None:  # a seed ensemble of FINISHED runs: nothing to train
+        from parabench.training.ensemble import track_ensemble
+
+        return track_ensemble(params, plan, log, nested, extra_tags, parent_run_id)
     require_validated(params)
     weights = resolve_weights(spec, params)
     if params.train.num_threads is not None:
@@ -109,9 +115,14 @@ def train_and_track(
     frames["train"] = subsample(frames["train"], plan.max_train_samples, seed)
     for split in ("validation", "test"):
         frames[split] = subsample(frames[split], plan.max_eval_samples, seed)
+    teacher: dict[str, Any] = {}
+    if recipe.teacher is not None:  # distillation: the cached teacher logits, before any run exists
+        logits, teacher = teacher_logits(params, recipe.teacher, frames["train"], plan.data_version)
     set_seed(seed)
     tokenizer, model = load_tokenizer_and_model(spec, params, weights=weights, load_in_4bit=plan.load_in_4bit)
     encoded = {split: encode_frame(tokenizer, frame, plan.max_length) for split, frame in frames.items()}
+    if teacher:
+        encoded["train"] = dataclasses.replace(encoded["train"], teacher_logits=logits)
     checkpoints = (
         Checkpoints(params.path(params.train.checkpoint_dir) / plan.checkpoint_name)
         if plan.checkpoint
@@ -141,6 +152,7 @@ def train_and_track(
                     **tracking.hardware(accelerator.device),
                     "num_processes": accelerator.num_processes,
                     **(lora_params(params, model) if spec.lora else {}),
+                    **({"teacher_run_id": teacher["run_id"]} if teacher else {}),
                 }
             )
         if main and checkpoints is not None:
@@ -223,18 +235,29 @@ def evaluate_splits(
     accelerator: Any = None,
 ) -> tuple[dict[str, float], Predictions]:
     """Accuracy and F1 on every split; returns them with the test predictions (timed, for throughput)."""
+    predictions = {
+        split: predict(model, encoded[split], batch_size, pad_token_id, accelerator) for split in SPLITS
+    }
+    labels = {split: encoded[split].labels for split in SPLITS}
+    return split_metrics(labels, predictions, log), predictions["test"]
+
+
+def split_metrics(
+    labels: dict[str, np.ndarray], predictions: dict[str, Predictions], log: Callable[[str], None]
+) -> dict[str, float]:
+    """Accuracy and F1 of every split's predictions under the names every run logs (the validation split's
+    `final_validation_*`: the per-epoch curve keeps `validation_*`)."""
     metrics: dict[str, float] = {}
-    predictions: dict[str, Predictions] = {}
     for split in SPLITS:
-        predictions[split] = predict(model, encoded[split], batch_size, pad_token_id, accelerator)
-        scores = classification_metrics(encoded[split].labels, predictions[split].labels)
-        prefix = "final_validation" if split == "validation" else split  # the per-epoch curve keeps its name
+        scores = classification_metrics(labels[split], predictions[split].labels)
+        prefix = "final_validation" if split == "validation" else split
         metrics |= {f"{prefix}_{name}": value for name, value in scores.items()}
+        speed = predictions[split].samples_per_second
         log(
-            f"evaluated {split}: accuracy {scores['accuracy']:.4f}  f1 {scores['f1']:.4f}  "
-            f"({predictions[split].samples_per_second:.0f} pairs/s)"
+            f"evaluated {split}: accuracy {scores['accuracy']:.4f}  f1 {scores['f1']:.4f}"
+            + (f"  ({speed:.0f} pairs/s)" if speed else "")
         )
-    return metrics, predictions["test"]
+    return metrics
 
 
 def log_evaluation_artifacts(

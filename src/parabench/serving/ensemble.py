@@ -1,0 +1,87 @@
+"""The served seed ensemble: the same pyfunc as a fine-tuned model (pairs in, label and probability out, the
+same signature, request limits and models-from-code logging), whose probability is the mean of its members'
+(each a fine-tuned model folder, one artifact per member). It costs N forward passes per pair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from parabench.serving.pyfunc import (
+    MODEL_CONFIG_KEYS,
+    WEIGHTS_ARTIFACT,
+    ParaphraseModel,
+    RequestLimits,
+    check_pairs,
+    log_paraphrase_model,
+)
+
+MODEL_CODE_FILE = Path(__file__).with_name("ensemble_model.py")
+CONFIG_KEYS = {**MODEL_CONFIG_KEYS, "members": "members"}
+
+
+def member_artifact(index: int) -> str:
+    """The artifact name of member `index` (the first is the usual weights artifact)."""
+    return WEIGHTS_ARTIFACT if index == 0 else f"member_{index}"
+
+
+class EnsembleModel(ParaphraseModel):
+    """N fine-tuned classifiers of one model (its seeds) sharing a tokenizer; their mean probability."""
+
+    members: int = 0
+
+    def load_context(self, context: Any) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from parabench.models.inference import prepare_for_inference
+
+        for key, value in (getattr(context, "model_config", None) or {}).items():
+            if key in CONFIG_KEYS:
+                setattr(self, CONFIG_KEYS[key], value)
+        folders = [context.artifacts[member_artifact(index)] for index in range(self.members)]
+        self.tokenizer = AutoTokenizer.from_pretrained(folders[0])
+        self.models = [
+            prepare_for_inference(
+                AutoModelForSequenceClassification.from_pretrained(folder), self.inference_path
+            )
+            for folder in folders
+        ]
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        from parabench.models.inference import encode_pairs, mean_predictions, predict
+
+        pairs = check_pairs(model_input, self.limits)  # before any tokenization
+        encoded = encode_pairs(
+            self.tokenizer, pairs["sentence1"].tolist(), pairs["sentence2"].tolist(), self.max_length
+        )
+        pad = self.tokenizer.pad_token_id
+        mean = mean_predictions([predict(model, encoded, self.batch_size, pad) for model in self.models])
+        labels = (mean.probabilities >= 0.5).astype(np.int64)
+        return pd.DataFrame({"label": labels, "probability": mean.probabilities})
+
+
+def log_ensemble_model(
+    member_dirs: list[Path],
+    max_length: int,
+    batch_size: int,
+    inference_path: str,
+    limits: RequestLimits | None = None,
+) -> str:
+    """Log the members' weights folders as the run's MLflow model, from code (no pickle)."""
+    return log_paraphrase_model(
+        member_dirs[0],
+        max_length,
+        batch_size,
+        inference_path,
+        limits,
+        model_code=MODEL_CODE_FILE,
+        extra=(
+            {member_artifact(i): str(folder) for i, folder in enumerate(member_dirs) if i},
+            {"members": len(member_dirs)},
+        ),
+    )
