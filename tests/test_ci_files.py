@@ -106,7 +106,9 @@ def test_dvc_stages_run_in_order() -> None:
     assert upstream["validate"] == {"prepare"}
     assert {"prepare", "validate"} <= upstream["train"]
     assert stages["train"]["cmd"] == "parabench train --model ${train.model} --seed ${train.seed}"
-    assert list(stages)[4:] == ["sweep", "report", "promote"]
+    assert list(stages)[4:] == ["teacher", "sweep", "report", "promote"]
+    assert {"prepare", "validate"} <= upstream["teacher"] and stages["teacher"]["outs"] == ["data/teacher"]
+    assert stages["teacher"]["frozen"] is True, "it needs a fine-tuned teacher run: a bare `dvc repro` skips it"
     assert {"prepare", "validate"} <= upstream["sweep"]
     assert upstream["report"] == {"sweep"} and upstream["promote"] == {"sweep", "report"}
 

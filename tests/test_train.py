@@ -25,7 +25,11 @@ from parabench.training.plan import plan_run
 from parabench.training.run import RunSummary, train_and_track
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_MODELS = sorted(key for key, spec in load_zoo().items() if key.startswith("tiny-") and spec.head is None)
+TINY_MODELS = sorted(
+    key
+    for key, spec in load_zoo().items()
+    if key.startswith("tiny-") and spec.head is None and spec.members is None  # fine-tuned models only
+)
 EXPECTED_PARAMS = {
     "model",
     "size_class",
