@@ -108,7 +108,7 @@ def test_dvc_stages_run_in_order() -> None:
     assert stages["train"]["cmd"] == "parabench train --model ${train.model} --seed ${train.seed}"
     assert list(stages)[4:] == ["teacher", "sweep", "report", "promote"]
     assert {"prepare", "validate"} <= upstream["teacher"] and stages["teacher"]["outs"] == ["data/teacher"]
-    assert stages["teacher"]["frozen"] is True, "it needs a fine-tuned teacher run: a bare `dvc repro` skips it"
+    assert stages["teacher"]["frozen"] is True, "a bare `dvc repro` skips it: it needs a teacher run"
     assert {"prepare", "validate"} <= upstream["sweep"]
     assert upstream["report"] == {"sweep"} and upstream["promote"] == {"sweep", "report"}
 
