@@ -275,3 +275,19 @@ def test_mlflow_run_with_a_bad_parameter_is_one_line(train_project: Params) -> N
     assert result.returncode != 0
     assert "error: invalid option: --epochs = '-1'" in result.stderr
     assert "Traceback" not in result.stderr.split("=== Run")[0]
+
+
+def test_a_params_yaml_edited_while_a_run_trains_does_not_break_it(
+    validated_copy: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run reads params.yaml once, when it is planned: editing the file meanwhile (or breaking it) does not
+    fail the run at its end, when the model is logged with its request limits."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store.db'}")
+    options = RunOptions(epochs=1, max_train_samples=32, max_eval_samples=32)
+    plan = plan_run(validated_copy, options, require_validated(validated_copy), model="tiny-bert", seed=3)
+    (validated_copy.root / "params.yaml").write_text("train: [no longer valid\n", encoding="utf-8")
+    summary = train_and_track(validated_copy, plan, log=lambda _: None)
+    run = MlflowClient().get_run(summary.run_id)
+    assert run.info.status == "FINISHED"
+    served = mlflow.pyfunc.load_model(f"runs:/{summary.run_id}/model")
+    assert served.model_config["max_pairs"] == validated_copy.serve.max_pairs

@@ -159,6 +159,9 @@ class Recipe(Section):
     distill_temperature: PositiveFloat | None = None
     distill_weight: Annotated[float, Field(ge=0, le=1)] | None = None
 
+    def __str__(self) -> str:
+        return " ".join(f"{name}={value!r}" for name, value in self.model_dump(exclude_none=True).items())
+
     @model_validator(mode="after")
     def _distillation_is_whole(self) -> Recipe:
         given = [

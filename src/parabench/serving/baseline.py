@@ -66,7 +66,7 @@ def log_baseline_model(
     batch_size: int,
     embed_batch_size: int,
     inference_path: str,
-    limits: RequestLimits | None = None,
+    limits: RequestLimits,
 ) -> str:
     """Log the encoder folder and the head's JSON as the run's MLflow model, from code (no pickle)."""
     return log_paraphrase_model(

@@ -70,7 +70,7 @@ def log_ensemble_model(
     max_length: int,
     batch_size: int,
     inference_path: str,
-    limits: RequestLimits | None = None,
+    limits: RequestLimits,
 ) -> str:
     """Log the members' weights folders as the run's MLflow model, from code (no pickle)."""
     return log_paraphrase_model(

@@ -198,20 +198,16 @@ def log_paraphrase_model(
     max_length: int,
     batch_size: int,
     inference_path: str,
-    limits: RequestLimits | None = None,
+    limits: RequestLimits,
     model_code: Path = MODEL_CODE_FILE,
     extra: tuple[dict[str, str], dict[str, Any]] = ({}, {}),
 ) -> str:
     """Log a saved model folder (save_pretrained output) as the run's MLflow model, from code (no pickle);
-    returns its URI. The request limits default to params.yaml `serve:`; `parabench serve` can still change
-    them without re-logging (SERVING_MODEL_CONFIG). Another served class (serving/baseline.py) passes its own
-    code file and `extra` (more artifacts, more model_config)."""
+    returns its URI. The request limits are params.yaml `serve:`'s as the run read them; `parabench serve`
+    can still change them without re-logging (SERVING_MODEL_CONFIG). Another served class (baseline.py)
+    passes its own code file and `extra` (more artifacts, more model_config)."""
     import parabench
 
-    if limits is None:
-        from parabench.config import load_params
-
-        limits = RequestLimits.of(load_params().serve)
     config = {"max_length": max_length, "eval_batch_size": batch_size, "inference_path": inference_path}
     info = mlflow.pyfunc.log_model(
         name="model",

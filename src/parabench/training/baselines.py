@@ -28,6 +28,7 @@ from parabench.models.embeddings import Head, cosine, embed_pairs, load_encoder,
 from parabench.models.inference import Predictions, prepare_for_inference
 from parabench.models.zoo import count_parameters, model_size_mb, resolve_weights
 from parabench.serving.baseline import log_baseline_model
+from parabench.serving.pyfunc import RequestLimits
 from parabench.tracking import client as tracking
 from parabench.training.engine import set_seed
 from parabench.training.plan import RunPlan
@@ -219,4 +220,4 @@ def log_baseline_artifacts(
         tokenizer.save_pretrained(encoder_dir)
         head_file = head.save(Path(folder) / "head.json")
         sizes = (plan.max_length, plan.eval_batch_size, embed_batch_size)
-        log_baseline_model(encoder_dir, head_file, *sizes, plan.inference_path)
+        log_baseline_model(encoder_dir, head_file, *sizes, plan.inference_path, RequestLimits.of(plan.serve))

@@ -29,6 +29,7 @@ from parabench.models.inference import (
 )
 from parabench.models.zoo import count_parameters, model_size_mb
 from parabench.serving.ensemble import log_ensemble_model
+from parabench.serving.pyfunc import RequestLimits
 from parabench.tracking import client as tracking
 from parabench.training.plan import RunPlan
 from parabench.training.run import SPLITS, RunSummary, log_evaluation_artifacts, split_metrics, subsample
@@ -123,6 +124,7 @@ def track_ensemble(
             }
             tracking.log_params({"num_parameters": final["num_parameters"]})
             log_evaluation_artifacts(frames["test"], predictions["test"], final, plan)
-            log_ensemble_model(folders, plan.max_length, plan.eval_batch_size, plan.inference_path)
+            limits = RequestLimits.of(plan.serve)
+            log_ensemble_model(folders, plan.max_length, plan.eval_batch_size, plan.inference_path, limits)
             tracking.log_final_metrics(final)
     return RunSummary(run.info.run_id, experiment_id, spec.key, plan.seed, final)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from parabench.common.files import file_stem
-from parabench.config import BaselineParams, ConfigError, Params, Recipe, RunOptions
+from parabench.config import BaselineParams, ConfigError, Params, Recipe, RunOptions, ServeParams
 from parabench.models.zoo import ModelSpec, get_spec, require_hardware
 from parabench.training.engine import EngineSettings, check_mixed_precision, default_mixed_precision
 
@@ -41,6 +41,9 @@ class RunPlan:
     checkpoint: bool = True  # False: no checkpoints at all (a Tune trial; ASHA may stop it anyway)
     load_in_4bit: bool = False
     baselines: BaselineParams | None = None  # params.yaml `baselines:`, for a baseline (spec.head) only
+    # params.yaml `serve:` as read when the run was planned: its request limits go with the logged model
+    # (read once: a long run must not re-read a params.yaml edited meanwhile).
+    serve: ServeParams | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -194,6 +197,7 @@ def plan_run(
         keep_checkpoints=bool(options.keep_checkpoints),
         load_in_4bit=bool(options.load_in_4bit),
         baselines=params.baselines if spec.head else None,
+        serve=params.serve,
         **caps,
     )
 

@@ -26,7 +26,7 @@ from parabench.models.zoo import (
     model_size_mb,
     resolve_weights,
 )
-from parabench.serving.pyfunc import log_paraphrase_model
+from parabench.serving.pyfunc import RequestLimits, log_paraphrase_model
 from parabench.tracking import client as tracking
 from parabench.training.checkpoints import Checkpoints
 from parabench.training.engine import EpochResult, fine_tune, make_accelerator, set_seed
@@ -290,4 +290,5 @@ def log_run_artifacts(
         weights_dir = Path(folder) / "weights"
         model.save_pretrained(weights_dir)
         tokenizer.save_pretrained(weights_dir)
-        log_paraphrase_model(weights_dir, plan.max_length, plan.eval_batch_size, plan.inference_path)
+        limits = RequestLimits.of(plan.serve)
+        log_paraphrase_model(weights_dir, plan.max_length, plan.eval_batch_size, plan.inference_path, limits)
