@@ -20,7 +20,8 @@ from parabench.serving.pyfunc import (
 )
 
 MODEL_CODE_FILE = Path(__file__).with_name("ensemble_model.py")
-CONFIG_KEYS = {**MODEL_CONFIG_KEYS, "members": "members"}
+# MLflow also logs model_config as run parameters: `n_members` equals the run's own parameter of that name.
+CONFIG_KEYS = {**MODEL_CONFIG_KEYS, "n_members": "members"}
 
 
 def member_artifact(index: int) -> str:
@@ -82,6 +83,6 @@ def log_ensemble_model(
         model_code=MODEL_CODE_FILE,
         extra=(
             {member_artifact(i): str(folder) for i, folder in enumerate(member_dirs) if i},
-            {"members": len(member_dirs)},
+            {"n_members": len(member_dirs)},
         ),
     )
