@@ -188,7 +188,8 @@ def test_ctrl_c_cancels_every_ray_run_and_leaves_them_killed(ray_project: Params
     params_file = ray_project.root / "params.yaml"
     uri = f"http://127.0.0.1:{ray_project.tracking_server.mlflow_port}"
     env = subprocess_env(params_file, uri, ray_project.mlflow.experiment)
-    args = ["sweep", "--engine", "ray", "--models", "tiny-albert", "--seeds", "2", "--epochs", "200"]
+    # Far more epochs than the test waits for: an idle CI machine ran 200 of them in 50 s, before the SIGINT.
+    args = ["sweep", "--engine", "ray", "--models", "tiny-albert", "--seeds", "2", "--epochs", "5000"]
     process = subprocess.Popen(
         [PARABENCH, *args, "--max-train-samples", "64"],
         env=env,
