@@ -193,6 +193,9 @@ def test_ctrl_c_cancels_every_ray_run_and_leaves_them_killed(ray_project: Params
     process = subprocess.Popen(
         [PARABENCH, *args, "--max-train-samples", "64"],
         env=env,
+        # As from a terminal: a shell without job control starts background jobs with SIGINT ignored, and a
+        # test run launched that way would pass the ignoring on to parabench.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
