@@ -33,9 +33,7 @@ class BaselineModel(ParaphraseModel):
         from parabench.models.embeddings import Head, load_encoder
         from parabench.models.inference import prepare_for_inference
 
-        for key, value in (getattr(context, "model_config", None) or {}).items():
-            if key in CONFIG_KEYS:
-                setattr(self, CONFIG_KEYS[key], value)
+        self.apply_model_config(context, CONFIG_KEYS)
         self.tokenizer, encoder = load_encoder(context.artifacts[WEIGHTS_ARTIFACT])
         self.model = prepare_for_inference(encoder, self.inference_path)
         self.head = Head.load(context.artifacts[HEAD_ARTIFACT])

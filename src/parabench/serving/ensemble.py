@@ -7,15 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from parabench.serving.pyfunc import (
     MODEL_CONFIG_KEYS,
     WEIGHTS_ARTIFACT,
     ParaphraseModel,
     RequestLimits,
-    check_pairs,
     log_paraphrase_model,
 )
 
@@ -39,9 +35,7 @@ class EnsembleModel(ParaphraseModel):
 
         from parabench.models.inference import prepare_for_inference
 
-        for key, value in (getattr(context, "model_config", None) or {}).items():
-            if key in CONFIG_KEYS:
-                setattr(self, CONFIG_KEYS[key], value)
+        self.apply_model_config(context, CONFIG_KEYS)
         folders = [context.artifacts[member_artifact(index)] for index in range(self.members)]
         self.tokenizer = AutoTokenizer.from_pretrained(folders[0])
         self.models = [
@@ -51,19 +45,11 @@ class EnsembleModel(ParaphraseModel):
             for folder in folders
         ]
 
-    def predict(
-        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
-    ) -> pd.DataFrame:
-        from parabench.models.inference import encode_pairs, mean_predictions, predict
+    def predictions(self, encoded: Any) -> Any:
+        from parabench.models.inference import mean_predictions, predict
 
-        pairs = check_pairs(model_input, self.limits)  # before any tokenization
-        encoded = encode_pairs(
-            self.tokenizer, pairs["sentence1"].tolist(), pairs["sentence2"].tolist(), self.max_length
-        )
         pad = self.tokenizer.pad_token_id
-        mean = mean_predictions([predict(model, encoded, self.batch_size, pad) for model in self.models])
-        labels = (mean.probabilities >= 0.5).astype(np.int64)
-        return pd.DataFrame({"label": labels, "probability": mean.probabilities})
+        return mean_predictions([predict(model, encoded, self.batch_size, pad) for model in self.models])
 
 
 def log_ensemble_model(

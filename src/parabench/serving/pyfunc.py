@@ -160,27 +160,37 @@ class ParaphraseModel(mlflow.pyfunc.PythonModel):
 
         from parabench.models.inference import prepare_for_inference
 
-        # Models from code: every setting is in model_config (the limits possibly overridden when serving);
-        # an unpickled instance already has its settings and gets no model_config.
-        for key, value in (getattr(context, "model_config", None) or {}).items():
-            if key in MODEL_CONFIG_KEYS:
-                setattr(self, MODEL_CONFIG_KEYS[key], value)
+        self.apply_model_config(context, MODEL_CONFIG_KEYS)
         weights = context.artifacts[WEIGHTS_ARTIFACT]
         self.tokenizer = AutoTokenizer.from_pretrained(weights)
         model = AutoModelForSequenceClassification.from_pretrained(weights)
         self.model = prepare_for_inference(model, self.inference_path)
 
+    def apply_model_config(self, context: Any, keys: dict[str, str]) -> None:
+        """Models from code: every setting is in model_config (the limits possibly overridden when serving);
+        an unpickled instance already has its settings and gets no model_config. `keys`: config key ->
+        attribute, the class's own."""
+        for key, value in (getattr(context, "model_config", None) or {}).items():
+            if key in keys:
+                setattr(self, keys[key], value)
+
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        from parabench.models.inference import encode_pairs, predict
+        from parabench.models.inference import encode_pairs
 
         pairs = check_pairs(model_input, self.limits)  # before any tokenization
         encoded = encode_pairs(
             self.tokenizer, pairs["sentence1"].tolist(), pairs["sentence2"].tolist(), self.max_length
         )
-        predictions = predict(self.model, encoded, self.batch_size, self.tokenizer.pad_token_id)
+        predictions = self.predictions(encoded)
         return pd.DataFrame({"label": predictions.labels, "probability": predictions.probabilities})
+
+    def predictions(self, encoded: Any) -> Any:
+        """The model's predictions of checked, tokenized pairs (a seed ensemble averages its members')."""
+        from parabench.models.inference import predict
+
+        return predict(self.model, encoded, self.batch_size, self.tokenizer.pad_token_id)
 
 
 # model_config key -> ParaphraseModel attribute. MLflow also logs the model_config as run parameters: the keys
