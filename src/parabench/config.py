@@ -24,12 +24,15 @@ from pydantic import (
     model_validator,
 )
 
+from parabench.common.errors import ConfigError, ParabenchError
+from parabench.common.names import INFERENCE_PATHS, SIZE_CLASSES, SPLITS
+
+__all__ = ["INFERENCE_PATHS", "SIZE_CLASSES", "SPLITS", "ConfigError", "ParabenchError"]
+
 PARAMS_ENV = "PARABENCH_PARAMS"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 # numpy's and torch's seeds must fit in an unsigned 32-bit integer.
 MAX_SEED = 2**32 - 1
-SPLITS = ("train", "validation", "test")
-SIZE_CLASSES = ("small", "regular", "large")
 SCHEDULERS = (
     "linear",
     "cosine",
@@ -39,19 +42,6 @@ SCHEDULERS = (
     "constant_with_warmup",
     "inverse_sqrt",
 )
-INFERENCE_PATHS = ("fp32", "int8_dynamic", "int8_per_channel", "int8_ffn_per_channel")
-
-
-class ParabenchError(Exception):
-    """An error whose message is meant for the user as it is: one clear line, no traceback."""
-
-    exit_code = 1
-
-
-class ConfigError(ParabenchError):
-    """A value given by the user (params.yaml, an option, a parameter) that is not allowed (exit 2: usage)."""
-
-    exit_code = 2
 
 
 def _finite(value: float) -> float:
@@ -325,6 +315,10 @@ class ScalingParams(Section):
     report_file: Path
 
 
+class ResultsParams(Section):
+    dir: Path
+
+
 class ReportParams(Section):
     results_md: Path
     results_csv: Path
@@ -402,6 +396,7 @@ class Params(Section):
     ray: RayParams
     tune: TuneParams
     scaling: ScalingParams
+    results: ResultsParams
     report: ReportParams
     promote: PromoteParams
     serve: ServeParams

@@ -26,10 +26,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from parabench.common.files import write_json
+from parabench.common.names import VALIDATION_SCORE
 from parabench.config import ParabenchError, Params
 from parabench.study.report import class_order
 from parabench.study.sweep import ModelSweep, mean_std, named, sweeps_by_model
-from parabench.tracking import client as tracking
 
 MODEL_ARTIFACT = "model"
 
@@ -46,11 +46,11 @@ class Candidate:
 
     @property
     def mean_validation(self) -> float:
-        return self.sweep.mean(tracking.VALIDATION_SCORE)
+        return self.sweep.mean(VALIDATION_SCORE)
 
     def tags(self) -> dict[str, str]:
         """Why this version was promoted, recorded on the model version."""
-        validation_mean, validation_std = mean_std(self.sweep.values(tracking.VALIDATION_SCORE))
+        validation_mean, validation_std = mean_std(self.sweep.values(VALIDATION_SCORE))
         best = self.sweep.runs[self.sweep.best_seed].data.metrics
         return {
             "model": self.sweep.model,
@@ -63,7 +63,7 @@ class Candidate:
             "n_seeds": str(len(self.sweep.runs)),
             "mean_validation_accuracy": f"{validation_mean:.6f}",
             "std_validation_accuracy": f"{validation_std:.6f}",
-            "validation_accuracy": f"{best[tracking.VALIDATION_SCORE]:.6f}",
+            "validation_accuracy": f"{best[VALIDATION_SCORE]:.6f}",
             "test_accuracy": f"{best['test_accuracy']:.6f}",
             "mean_test_accuracy": f"{self.sweep.mean('test_accuracy'):.6f}",
         }

@@ -24,6 +24,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from parabench.common.files import write_text
+from parabench.common.names import SCORE_METRICS, VALIDATION_SCORE
 from parabench.common.tables import markdown_table
 from parabench.config import ParabenchError, Params
 from parabench.models.zoo import get_spec, load_zoo
@@ -31,7 +32,7 @@ from parabench.study.sweep import ModelSweep, mean_std, named, sweeps_by_model
 from parabench.tracking import client as tracking
 from parabench.training.plan import TUNED_PREFIX, tuned_recipes
 
-SCORE_METRICS = tracking.SCORE_METRICS
+SCORE_METRICS = SCORE_METRICS
 THROUGHPUT_METRICS = ("eval_samples_per_second", "train_samples_per_second")
 INTERVAL_METRICS = ("test_accuracy", "test_f1")
 SIZE_CLASSES = ("small", "regular", "large")
@@ -102,7 +103,7 @@ def collapse_reason(run: Run, predictions: pd.DataFrame, settings: ReportSetting
     """Why a run looks stuck at the majority class, or None when it learned something."""
     if predictions["predicted_label"].nunique() == 1:
         return f"every test prediction is {int(predictions['predicted_label'].iloc[0])}"
-    validation = run.data.metrics[tracking.VALIDATION_SCORE]
+    validation = run.data.metrics[VALIDATION_SCORE]
     if abs(validation - settings.majority_rate) <= settings.collapse_margin:
         return (
             f"validation accuracy {validation:.1%} is within {settings.collapse_margin:.1%} "
@@ -222,7 +223,7 @@ def paired_tests(results: list[ModelResult], settings: ReportSettings) -> list[d
     for size_class in class_order(result.sweep.size_class for result in results):
         ranked = sorted(
             (r for r in results if r.sweep.size_class == size_class),
-            key=lambda r: r.sweep.mean(tracking.VALIDATION_SCORE),
+            key=lambda r: r.sweep.mean(VALIDATION_SCORE),
             reverse=True,
         )
         best = ranked[0]
@@ -457,7 +458,7 @@ def recipe_rows(
             row = {"model": model, "in_tables": position == 0, "seeds": len(sweep.runs)}
             row |= {name: run_params.get(name, MISSING) for name in RECIPE_PARAMS}
             for name, metric in (
-                ("validation_accuracy", tracking.VALIDATION_SCORE),
+                ("validation_accuracy", VALIDATION_SCORE),
                 ("test_accuracy", "test_accuracy"),
             ):
                 row[f"{name}_mean"], row[f"{name}_std"] = mean_std(sweep.values(metric))

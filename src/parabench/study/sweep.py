@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from parabench.common.files import write_json
+from parabench.common.names import FINAL_METRICS, VALIDATION_SCORE
 from parabench.config import MAX_SEED, ConfigError, ParabenchError, Params, RayOptions, RunOptions
 from parabench.data.validate import require_validated
 from parabench.models.zoo import get_spec, load_zoo
@@ -91,7 +92,7 @@ class ModelSweep:
     @property
     def best_seed(self) -> int:
         """The seed whose run has the highest validation accuracy (the lowest seed on a tie)."""
-        score = tracking.VALIDATION_SCORE
+        score = VALIDATION_SCORE
         return max(self.runs, key=lambda seed: (self.runs[seed].data.metrics[score], -seed))
 
     def values(self, metric: str, scale: float = 1.0) -> list[float]:
@@ -180,7 +181,7 @@ def aggregate(runs: Iterable[Run]) -> dict[str, float]:
     """`<metric>_mean` / `<metric>_std` of every final metric over the runs, and `n_seeds`."""
     runs = list(runs)
     values: dict[str, float] = {"n_seeds": float(len(runs))}
-    for name in tracking.FINAL_METRICS:
+    for name in FINAL_METRICS:
         observed = [run.data.metrics[name] for run in runs if name in run.data.metrics]
         if observed:
             mean, std = mean_std(observed)

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from parabench.common.files import file_stem, write_json
+from parabench.common.names import VALIDATION_SCORE
 from parabench.config import (
     ConfigError,
     ParabenchError,
@@ -90,7 +91,7 @@ def trial_plan(base: RunPlan, values: dict[str, Any]) -> RunPlan:
     except ValueError as error:
         raise ConfigError(f"params.yaml tune.space gives a value no recipe takes: {error}") from error
     return dataclasses.replace(
-        base, recipe=recipe, recipe_name=f"{base.recipe_name}+search", checkpoint=False
+        base, recipe=recipe, recipe_name=f"{base.recipe_name}+search", checkpoint=False, record=False
     )
 
 
@@ -256,7 +257,7 @@ def settle_trials(
         logged = trial_plan(base, {key: run.data.params[key] for key in names if key in run.data.params})
         values = {key: getattr(logged.recipe, key) for key in names}
         epochs_done = len(client.get_metric_history(run_id, OBJECTIVE))
-        final = run.data.metrics.get(tracking.VALIDATION_SCORE)
+        final = run.data.metrics.get(VALIDATION_SCORE)
         pruned = tracking.PRUNED_TAG in tags
         ended_itself = status == RunStatus.to_string(RunStatus.FAILED) and tracking.ORPHANED_TAG not in tags
         if run_id in errors or (ended_itself and not pruned):

@@ -20,29 +20,10 @@ from filelock import FileLock
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
+from parabench.common.names import FINAL_METRICS, VALIDATION_SCORE
 from parabench.common.processes import http_ok, process_alive
 from parabench.config import ParabenchError, Params
 
-# Scores of the model the run ends with. The validation scores carry `final_`, since `validation_accuracy` and
-# `validation_f1` are the per-epoch curves (one point per epoch), and with best-epoch selection they differ.
-SCORE_METRICS = (
-    "train_accuracy",
-    "train_f1",
-    "final_validation_accuracy",
-    "final_validation_f1",
-    "test_accuracy",
-    "test_f1",
-)
-VALIDATION_SCORE = "final_validation_accuracy"  # what sweeps, reports and promotions choose by
-FINAL_METRICS = (
-    *SCORE_METRICS,
-    "kept_epoch",
-    "train_samples_per_second",
-    "eval_samples_per_second",
-    "num_parameters",
-    "model_size_mb",
-)
-EPOCH_METRICS = ("train_loss", "validation_accuracy", "validation_f1")
 SQLITE_PREFIX = "sqlite:///"
 # A Tune trial stopped before its last epoch (ASHA, the time budget): FINISHED, but never a seed of a study.
 PRUNED_TAG = "pruned"

@@ -32,6 +32,7 @@ from parabench.serving.pyfunc import RequestLimits
 from parabench.tracking import client as tracking
 from parabench.training.engine import set_seed
 from parabench.training.plan import RunPlan
+from parabench.training.records import log_record, save_record
 from parabench.training.run import RunSummary, log_evaluation_artifacts, split_metrics, subsample
 
 # Fine-tuning settings a baseline does not have: left out of its logged parameters.
@@ -198,6 +199,11 @@ def track_baseline(
         test = (frames["test"], predictions["test"])
         log_baseline_artifacts(encoder, tokenizer, head, *test, final, plan, batch_size)
         tracking.log_final_metrics(final)
+        if plan.record:
+            timings = {"fit_seconds": fit_seconds, "test_inference_seconds": predictions["test"].seconds}
+            record = log_record(params, plan, "baseline", frames, predictions, final, timings=timings)
+    if plan.record:
+        save_record(params, record, log)
     return RunSummary(run.info.run_id, experiment_id, spec.key, seed, final)
 
 

@@ -32,6 +32,7 @@ from parabench.serving.ensemble import log_ensemble_model
 from parabench.serving.pyfunc import RequestLimits
 from parabench.tracking import client as tracking
 from parabench.training.plan import RunPlan
+from parabench.training.records import log_record, save_record
 from parabench.training.run import SPLITS, RunSummary, log_evaluation_artifacts, split_metrics, subsample
 
 # Settings of a fine-tuning loop an ensemble does not run: left out of its logged parameters.
@@ -127,4 +128,9 @@ def track_ensemble(
             limits = RequestLimits.of(plan.serve)
             log_ensemble_model(folders, plan.max_length, plan.eval_batch_size, plan.inference_path, limits)
             tracking.log_final_metrics(final)
+            if plan.record:
+                timings = {"test_inference_seconds": predictions["test"].seconds}
+                record = log_record(params, plan, "ensemble", frames, predictions, final, timings=timings)
+    if plan.record:
+        save_record(params, record, log)
     return RunSummary(run.info.run_id, experiment_id, spec.key, plan.seed, final)

@@ -17,6 +17,9 @@ from parabench.config import BaselineParams, ConfigError, Params, Recipe, RunOpt
 from parabench.models.zoo import ModelSpec, get_spec, require_hardware
 from parabench.training.engine import EngineSettings, check_mixed_precision, default_mixed_precision
 
+# Bumped whenever the training code changes so that the same plan would now train to other numbers: runs and
+# records of an older revision are then neither skipped by a sweep nor averaged with newer ones.
+TRAINING_REVISION = 1
 FIELD_DEFAULTS = {
     name: field.default for name, field in Recipe.model_fields.items() if not field.is_required()
 }
@@ -39,6 +42,7 @@ class RunPlan:
     engine: EngineSettings = field(default_factory=EngineSettings)
     keep_checkpoints: bool = False
     checkpoint: bool = True  # False: no checkpoints at all (a Tune trial; ASHA may stop it anyway)
+    record: bool = True  # False: no result record (a Tune trial is a search step, not a result)
     load_in_4bit: bool = False
     baselines: BaselineParams | None = None  # params.yaml `baselines:`, for a baseline (spec.head) only
     # params.yaml `serve:` as read when the run was planned: its request limits go with the logged model
@@ -68,6 +72,8 @@ class RunPlan:
             values["gradient_accumulation_steps"] = self.engine.gradient_accumulation_steps
         if self.load_in_4bit:
             values["load_in_4bit"] = True
+        if TRAINING_REVISION > 1:
+            values["training_revision"] = TRAINING_REVISION
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
     @property

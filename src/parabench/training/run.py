@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from parabench.common.names import SPLITS
 from parabench.config import Params
 from parabench.data.prepare import load_frames
 from parabench.data.validate import require_validated
@@ -32,9 +33,8 @@ from parabench.training.checkpoints import Checkpoints
 from parabench.training.engine import EpochResult, fine_tune, make_accelerator, set_seed
 from parabench.training.metrics import classification_metrics
 from parabench.training.plan import RunPlan
+from parabench.training.records import log_record, save_record
 from parabench.training.teacher import teacher_logits
-
-SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def train_and_track(
         if main and fit.resumed_from:
             mlflow.set_tag("parabench.resumed_from", fit.resumed_from)
         model = merge_lora(model) if spec.lora else model
-        final, test_predictions = evaluate_splits(
+        final, predictions = evaluate_splits(
             prepare_for_inference(model, plan.inference_path),
             encoded,
             plan.eval_batch_size,
@@ -184,6 +184,7 @@ def train_and_track(
             say,
             accelerator,
         )
+        test_predictions = predictions["test"]
         final |= {
             "kept_epoch": fit.kept_epoch,
             "train_samples_per_second": fit.train_samples_per_second,
@@ -196,7 +197,26 @@ def train_and_track(
             test = (frames["test"], encoded["test"], test_predictions)
             log_run_artifacts(model, tokenizer, *test, final, plan)
             tracking.log_final_metrics(final)
+            if plan.record:
+                timings = {
+                    "train_seconds": fit.train_seconds,
+                    "test_inference_seconds": test_predictions.seconds,
+                }
+                device = accelerator.device.type
+                record = log_record(
+                    params,
+                    plan,
+                    "fine-tuned",
+                    frames,
+                    predictions,
+                    final,
+                    fit.epochs,
+                    timings,
+                    device_type=device,
+                )
         accelerator.wait_for_everyone()
+    if main and plan.record:
+        save_record(params, record, say)
     if main and checkpoints is not None and not plan.keep_checkpoints:
         checkpoints.clear()
     run_id = run.info.run_id if main else ""
@@ -233,13 +253,13 @@ def evaluate_splits(
     pad_token_id: int,
     log: Callable[[str], None],
     accelerator: Any = None,
-) -> tuple[dict[str, float], Predictions]:
-    """Accuracy and F1 on every split; returns them with the test predictions (timed, for throughput)."""
+) -> tuple[dict[str, float], dict[str, Predictions]]:
+    """Accuracy and F1 on every split; returns them with every split's predictions (timed, for throughput)."""
     predictions = {
         split: predict(model, encoded[split], batch_size, pad_token_id, accelerator) for split in SPLITS
     }
     labels = {split: encoded[split].labels for split in SPLITS}
-    return split_metrics(labels, predictions, log), predictions["test"]
+    return split_metrics(labels, predictions, log), predictions
 
 
 def split_metrics(

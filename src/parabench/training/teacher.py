@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from parabench.common.files import atomic_target, file_stem, write_json
+from parabench.common.names import VALIDATION_SCORE
 from parabench.config import ParabenchError, Params
 from parabench.data.prepare import load_frames
 from parabench.data.validate import require_validated
@@ -59,7 +60,7 @@ def cache_teacher_logits(
             raise ParabenchError(f"--run-id {run_id} trained {run.data.tags.get('model')}, not {teacher}")
     log(
         f"teacher {teacher}: run {run.info.run_id} (validation accuracy "
-        f"{run.data.metrics[tracking.VALIDATION_SCORE]:.4f}); computing its logits on the train split"
+        f"{run.data.metrics[VALIDATION_SCORE]:.4f}); computing its logits on the train split"
     )
     served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").unwrap_python_model()
     train = load_frames(params.path(params.data.processed_dir))["train"]
@@ -74,7 +75,7 @@ def cache_teacher_logits(
         "data_version": data_version,
         "pairs": len(train),
         "train_accuracy": scores["accuracy"],
-        "validation_accuracy": run.data.metrics[tracking.VALIDATION_SCORE],
+        "validation_accuracy": run.data.metrics[VALIDATION_SCORE],
         "test_accuracy": run.data.metrics.get("test_accuracy"),
         "seconds": round(seconds, 1),
         "column": f"{LOGIT_COLUMN}: log(p / (1 - p)) of the teacher's paraphrase probability p",

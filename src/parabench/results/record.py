@@ -1,0 +1,243 @@
+"""Result records: one small JSON file per FINISHED run under `results/`, committed to git, so that a study
+outlives any one machine's tracking store (the MTEB results repository's idea).
+
+A record holds all that the report and promote's comparison need but the weights: what was run (model,
+recipe, fingerprint, seed, data, code), where (CPU and its instruction sets, threads, GPU), the curves,
+the final metrics, and every pair's probability by split. Its own SHA-256 makes an edited record detectable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from parabench.common.errors import ParabenchError
+from parabench.common.files import file_stem, write_text
+from parabench.common.names import FINAL_METRICS, SPLITS
+
+SCHEMA_VERSION = 1
+SUFFIX = ".json"
+MAX_RECORD_BYTES = 8 * 1024 * 1024  # a record of all three MRPC splits is ~100 KB
+# Instruction sets that change CPU numbers (kernels differ by them), as /proc/cpuinfo flags -> our names.
+ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16",
+             "amx_int8": "AMX-INT8"}  # fmt: skip
+# Libraries whose versions can change a number.
+LIBRARIES = ("torch", "transformers", "accelerate", "peft", "scikit-learn", "numpy", "mlflow")
+
+
+class RecordError(ParabenchError):
+    """A record that cannot be read, or whose content does not match its SHA-256."""
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Hardware(Frozen):
+    """Where the numbers were made."""
+
+    cpu: str
+    isa: list[str]  # of ISA_FLAGS' names, those the CPU has
+    threads: int
+    device: str  # cpu | cuda | mps
+    gpu: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The hardware class throughput is grouped by: the GPU, else the CPU's short name and its widest
+        vector ISA (AMX > AVX-512 > AVX2)."""
+        if self.gpu:
+            return self.gpu
+        widest = next((name for name in ("AMX-BF16", "AVX-512", "AVX2") if name in self.isa), "no AVX2")
+        return f"{short_cpu_name(self.cpu)}, {widest.removesuffix('-BF16')}"
+
+
+class SplitPredictions(Frozen):
+    """One split's predictions in pair order: pair idx, paraphrase probability, predicted label."""
+
+    idx: list[int]
+    probability: list[float]
+    label: str  # '0'/'1' per pair (exact, where a rounded probability at 0.5 would not be)
+
+    @field_validator("label")
+    @classmethod
+    def _binary(cls, value: str) -> str:
+        if value.strip("01"):
+            raise ValueError("label must be a string of 0 and 1")
+        return value
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.frombuffer(self.label.encode(), dtype=np.uint8) - ord("0")
+
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class ResultRecord(Frozen):
+    """One FINISHED run; `sha256` is the hash of every other field (canonical JSON)."""
+
+    schema_version: Literal[1]
+    run_id: str
+    model: str
+    size_class: str
+    kind: Literal["fine-tuned", "baseline", "ensemble"]
+    recipe_name: str
+    recipe: dict[str, Any]
+    recipe_fingerprint: str
+    training_revision: int
+    seed: int
+    data_version: str
+    code_commit: str
+    versions: dict[str, str]
+    hardware: Hardware
+    started_at: float  # epoch seconds
+    finished_at: float
+    curves: dict[str, list[Finite]]  # epoch -> the per-epoch metrics (train_loss, validation_*), epoch 1..n
+    metrics: dict[str, Finite]
+    timings: dict[str, Finite]
+    predictions: dict[str, SplitPredictions]
+    sha256: str
+
+    @field_validator("metrics")
+    @classmethod
+    def _contract(cls, value: dict[str, float]) -> dict[str, float]:
+        missing = [name for name in FINAL_METRICS if name not in value]
+        if missing:
+            raise ValueError(f"final metrics missing: {', '.join(missing)}")
+        return value
+
+    @field_validator("predictions")
+    @classmethod
+    def _splits(cls, value: dict[str, SplitPredictions]) -> dict[str, SplitPredictions]:
+        for split in SPLITS:
+            if split not in value:
+                raise ValueError(f"predictions of the {split} split missing")
+            found = value[split]
+            if not len(found.idx) == len(found.probability) == len(found.label):
+                raise ValueError(f"{split}: idx, probability and label differ in length")
+        return value
+
+    @property
+    def file_name(self) -> str:
+        """data version, model, recipe, seed and run id: unique per run, so machines never conflict in git."""
+        parts = (self.data_version[:12], file_stem(self.model), file_stem(self.recipe_name))
+        return f"{'--'.join(parts)}--seed{self.seed}--{self.run_id}{SUFFIX}"
+
+    def content_hash(self) -> str:
+        return content_hash(self.model_dump(mode="json", exclude={"sha256"}))
+
+
+def content_hash(document: dict[str, Any]) -> str:
+    """SHA-256 of a document's canonical JSON (sorted keys, no spaces)."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def seal(document: dict[str, Any]) -> ResultRecord:
+    """A record from its fields (no sha256 yet): validated, then hashed."""
+    draft = ResultRecord.model_validate({**document, "schema_version": SCHEMA_VERSION, "sha256": ""})
+    return draft.model_copy(update={"sha256": draft.content_hash()})
+
+
+def short_cpu_name(cpu: str) -> str:
+    """'Intel(R) Xeon(R) Platinum 8480C' -> 'Intel Xeon Platinum 8480C'; 'AMD EPYC 7B13 ...' kept."""
+    for noise in ("(R)", "(TM)", "(tm)", " CPU", " Processor"):
+        cpu = cpu.replace(noise, "")
+    return " ".join(cpu.split("@")[0].split()) or "unknown CPU"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_isa() -> list[str]:
+    """The instruction sets of ISA_FLAGS this CPU has."""
+    flags = cpu_flags()
+    return [name for flag, name in ISA_FLAGS.items() if flag in flags]
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def split_predictions(idx: Iterable[int], probabilities: np.ndarray, labels: np.ndarray) -> SplitPredictions:
+    """A split's predictions as a record keeps them (probabilities to 6 decimals)."""
+    return SplitPredictions(
+        idx=[int(i) for i in idx],
+        probability=[round(float(p), 6) for p in probabilities],
+        label="".join("1" if label else "0" for label in labels),
+    )
+
+
+def write_record(folder: Path, record: ResultRecord) -> Path:
+    """The record as `folder/<file_name>` (atomically)."""
+    text = json.dumps(record.model_dump(mode="json"), indent=1, sort_keys=True, allow_nan=False)
+    return write_text(folder / record.file_name, text + "\n")
+
+
+def read_record(path: Path) -> ResultRecord:
+    """A record file, validated and checked against its SHA-256; a RecordError names the file otherwise."""
+    try:
+        if path.stat().st_size > MAX_RECORD_BYTES:
+            raise RecordError(f"{path}: {path.stat().st_size} bytes, larger than any result record")
+        return parse_record(path.read_text(encoding="utf-8"), str(path))
+    except OSError as error:
+        raise RecordError(f"{path}: cannot be read ({error.strerror or error})") from error
+
+
+def parse_record(text: str, source: str) -> ResultRecord:
+    """A record from its JSON text; `source` names it in the error."""
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        raise RecordError(f"{source}: not a result record (invalid JSON: {error})") from error
+    if not isinstance(document, dict) or document.get("schema_version") != SCHEMA_VERSION:
+        found = document.get("schema_version") if isinstance(document, dict) else None
+        raise RecordError(
+            f"{source}: not a result record of schema version {SCHEMA_VERSION} (found {found!r})"
+        )
+    try:
+        record = ResultRecord.model_validate(document)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise RecordError(f"{source}: not a valid result record ({where}: {first['msg']})") from error
+    if record.content_hash() != record.sha256:
+        raise RecordError(
+            f"{source}: content does not match its sha256 (edited or damaged); restore it from git"
+        )
+    return record
+
+
+def read_records(folder: Path) -> list[ResultRecord]:
+    """Every record in the folder (recursively), in name order; the first bad one fails in one line."""
+    if not folder.is_dir():
+        return []
+    return [read_record(path) for path in sorted(folder.rglob(f"*{SUFFIX}"))]
+
+
+def finite(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)

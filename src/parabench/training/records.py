@@ -1,0 +1,106 @@
+"""A tracked run's result record: built inside the run (and logged with it as `result.json`), written to
+`results/` once the run ended FINISHED."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from parabench.common.names import EPOCH_METRICS, FINAL_METRICS, SPLITS
+from parabench.config import Params
+from parabench.models.inference import Predictions
+from parabench.results.record import (
+    Hardware,
+    ResultRecord,
+    cpu_isa,
+    library_versions,
+    seal,
+    split_predictions,
+    write_record,
+)
+from parabench.tracking import client as tracking
+from parabench.training.engine import EpochResult
+from parabench.training.plan import TRAINING_REVISION, RunPlan
+
+RECORD_ARTIFACT = "result.json"
+RECORD_TAG = "result_record"  # on a run: the file name of its record
+
+
+def hardware_of(device_type: str = "cpu") -> Hardware:
+    """This machine as a record names it."""
+    values = tracking.hardware()
+    gpu = None
+    if device_type != "cpu":
+        import torch
+
+        gpu = torch.cuda.get_device_name() if device_type == "cuda" else "Apple MPS"
+    return Hardware(
+        cpu=values["hardware_cpu"],
+        isa=cpu_isa(),
+        threads=int(values["hardware_threads"]),
+        device=device_type,
+        gpu=gpu,
+    )
+
+
+def log_record(
+    params: Params,
+    plan: RunPlan,
+    kind: str,
+    frames: dict[str, pd.DataFrame],
+    predictions: dict[str, Predictions],
+    final: dict[str, float],
+    epochs: Sequence[EpochResult] = (),
+    timings: dict[str, float] | None = None,
+    started_at: float | None = None,
+    device_type: str = "cpu",
+) -> ResultRecord:
+    """The active run's record, logged to it as `result.json` and named in its tag `result_record`."""
+    run = mlflow.active_run()
+    assert run is not None, "log_record needs the run it records"
+    curves = {"epoch": [float(e.epoch) for e in epochs]} | {
+        name: [float(getattr(e, name)) for e in epochs] for name in EPOCH_METRICS
+    }
+    record = seal(
+        {
+            "run_id": run.info.run_id,
+            "model": plan.spec.key,
+            "size_class": plan.spec.size_class,
+            "kind": kind,
+            "recipe_name": plan.recipe_name if kind != "baseline" else f"frozen+{plan.spec.head}",
+            "recipe": plan.recipe.model_dump(mode="json", exclude_none=True) if kind != "baseline" else {},
+            "recipe_fingerprint": plan.fingerprint,
+            "training_revision": TRAINING_REVISION,
+            "seed": plan.seed,
+            "data_version": plan.data_version,
+            "code_commit": tracking.git_commit(params.root),
+            "versions": library_versions(),
+            "hardware": hardware_of(device_type),
+            "started_at": started_at or run.info.start_time / 1000,
+            "finished_at": time.time(),
+            "curves": curves,
+            "metrics": {name: float(final[name]) for name in FINAL_METRICS},
+            "timings": timings or {},
+            "predictions": {
+                split: split_predictions(
+                    frames[split]["idx"], predictions[split].probabilities, predictions[split].labels
+                )
+                for split in SPLITS
+            },
+        }
+    )
+    mlflow.log_text(json.dumps(record.model_dump(mode="json"), sort_keys=True), RECORD_ARTIFACT)
+    mlflow.set_tag(RECORD_TAG, record.file_name)
+    return record
+
+
+def save_record(params: Params, record: ResultRecord, log: Callable[[str], None]) -> Path:
+    """The record of a run that ended FINISHED, written to params.yaml results.dir."""
+    path = write_record(params.path(params.results.dir), record)
+    log(f"result record: {path}")
+    return path
