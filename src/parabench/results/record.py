@@ -50,6 +50,9 @@ class Hardware(Frozen):
     threads: int
     device: str  # cpu | cuda | mps
     gpu: str | None = None
+    kernels: str | None = (
+        None  # the CPU kernels torch dispatches to (torch.backends.cpu.get_cpu_capability())
+    )
 
     @property
     def label(self) -> str:
@@ -66,18 +69,28 @@ class SplitPredictions(Frozen):
 
     idx: list[int]
     probability: list[float]
-    label: str  # '0'/'1' per pair (exact, where a rounded probability at 0.5 would not be)
+    label: str  # predicted, '0'/'1' per pair (exact, where a rounded probability at 0.5 would not be)
+    gold: str  # the split's labels, '0'/'1' per pair: what McNemar's test and ensembles score against
 
-    @field_validator("label")
+    @field_validator("label", "gold")
     @classmethod
     def _binary(cls, value: str) -> str:
         if value.strip("01"):
-            raise ValueError("label must be a string of 0 and 1")
+            raise ValueError("must be a string of 0 and 1")
         return value
 
     @property
     def labels(self) -> np.ndarray:
-        return np.frombuffer(self.label.encode(), dtype=np.uint8) - ord("0")
+        return bits(self.label)
+
+    @property
+    def references(self) -> np.ndarray:
+        return bits(self.gold)
+
+
+def bits(text: str) -> np.ndarray:
+    """'0110' -> array([0, 1, 1, 0])."""
+    return (np.frombuffer(text.encode(), dtype=np.uint8) - ord("0")).astype(np.int64)
 
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -90,10 +103,12 @@ class ResultRecord(Frozen):
     run_id: str
     model: str
     size_class: str
+    family: str
     kind: Literal["fine-tuned", "baseline", "ensemble"]
     recipe_name: str
     recipe: dict[str, Any]
     recipe_fingerprint: str
+    params: dict[str, str]  # the run's logged parameters (MLflow's, as text)
     training_revision: int
     seed: int
     data_version: str
@@ -123,8 +138,8 @@ class ResultRecord(Frozen):
             if split not in value:
                 raise ValueError(f"predictions of the {split} split missing")
             found = value[split]
-            if not len(found.idx) == len(found.probability) == len(found.label):
-                raise ValueError(f"{split}: idx, probability and label differ in length")
+            if not len(found.idx) == len(found.probability) == len(found.label) == len(found.gold):
+                raise ValueError(f"{split}: idx, probability, label and gold differ in length")
         return value
 
     @property
@@ -183,13 +198,21 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def split_predictions(idx: Iterable[int], probabilities: np.ndarray, labels: np.ndarray) -> SplitPredictions:
+def split_predictions(
+    idx: Iterable[int], probabilities: np.ndarray, labels: np.ndarray, gold: Iterable[int]
+) -> SplitPredictions:
     """A split's predictions as a record keeps them (probabilities to 6 decimals)."""
     return SplitPredictions(
         idx=[int(i) for i in idx],
         probability=[round(float(p), 6) for p in probabilities],
-        label="".join("1" if label else "0" for label in labels),
+        label=text_bits(labels),
+        gold=text_bits(gold),
     )
+
+
+def text_bits(values: Iterable[int]) -> str:
+    """[0, 1, 1, 0] -> '0110'."""
+    return "".join("1" if value else "0" for value in values)
 
 
 def write_record(folder: Path, record: ResultRecord) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import torch
 
 from parabench.common.names import EPOCH_METRICS, FINAL_METRICS, SPLITS
 from parabench.config import Params
@@ -36,10 +37,9 @@ def hardware_of(device_type: str = "cpu") -> Hardware:
     values = tracking.hardware()
     gpu = None
     if device_type != "cpu":
-        import torch
-
         gpu = torch.cuda.get_device_name() if device_type == "cuda" else "Apple MPS"
     return Hardware(
+        kernels=torch.backends.cpu.get_cpu_capability(),
         cpu=values["hardware_cpu"],
         isa=cpu_isa(),
         threads=int(values["hardware_threads"]),
@@ -71,10 +71,12 @@ def log_record(
             "run_id": run.info.run_id,
             "model": plan.spec.key,
             "size_class": plan.spec.size_class,
+            "family": plan.spec.family,
             "kind": kind,
             "recipe_name": plan.recipe_name if kind != "baseline" else f"frozen+{plan.spec.head}",
             "recipe": plan.recipe.model_dump(mode="json", exclude_none=True) if kind != "baseline" else {},
             "recipe_fingerprint": plan.fingerprint,
+            "params": {key: str(value) for key, value in mlflow.get_run(run.info.run_id).data.params.items()},
             "training_revision": TRAINING_REVISION,
             "seed": plan.seed,
             "data_version": plan.data_version,
@@ -88,7 +90,10 @@ def log_record(
             "timings": timings or {},
             "predictions": {
                 split: split_predictions(
-                    frames[split]["idx"], predictions[split].probabilities, predictions[split].labels
+                    frames[split]["idx"],
+                    predictions[split].probabilities,
+                    predictions[split].labels,
+                    frames[split]["label"],
                 )
                 for split in SPLITS
             },
