@@ -35,6 +35,11 @@ server_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(server_app, name="server")
+results_app = typer.Typer(
+    help="Result records (results/): one JSON file per FINISHED run, committed; import them into MLflow.",
+    no_args_is_help=True,
+)
+app.add_typer(results_app, name="results")
 
 
 def fail(error: ParabenchError) -> None:
@@ -463,6 +468,17 @@ def report(models: SweptModelsOption = None, data_version: DataVersionOption = N
         fail(error)
     for path in written.paths:
         typer.echo(f"wrote {path}")
+
+
+@command(results_app, "import")
+def results_import() -> None:
+    """Recreate every record of params.yaml results.dir as a FINISHED run in the tracking store (params,
+    curves, metrics, tagged `imported_from`; no model weights), so the MLflow UI compares them with new runs.
+    A record already there (its own run, or imported before) is skipped."""
+    from parabench.results.store import import_records
+
+    imported, present = import_records(load_params(), log=typer.echo)
+    typer.echo(f"{imported} record(s) imported, {present} already in the tracking store")
 
 
 @command(app, "promote")

@@ -380,3 +380,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in cells
     )
+
+
+def study_models() -> dict[str, tuple[str, dict[str, Any]]]:
+    """The study's models in the zoo with its reported numbers: key -> (size class, numbers)."""
+    return {
+        key: (spec.size_class, spec.paper)
+        for key, spec in load_zoo().items()
+        if spec.paper and spec.paper.get("test_accuracy") is not None  # RoBERTa base: no numbers in the study
+    }
+
+
+def paper_numbers(model: str) -> dict[str, Any]:
+    """The study's reported numbers for a zoo model (percent), empty for models outside the study."""
+    try:
+        return get_spec(model).paper or {}
+    except ParabenchError:
+        return {}

@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from parabench.common.files import write_json
 from parabench.common.names import VALIDATION_SCORE
 from parabench.config import ParabenchError, Params
-from parabench.study.report import class_order
+from parabench.study.statistics import class_order
 from parabench.study.sweep import ModelSweep, mean_std, named, sweeps_by_model
 
 MODEL_ARTIFACT = "model"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import statistics
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
@@ -25,6 +24,7 @@ from parabench.common.names import FINAL_METRICS, VALIDATION_SCORE
 from parabench.config import MAX_SEED, ConfigError, ParabenchError, Params, RayOptions, RunOptions
 from parabench.data.validate import require_validated
 from parabench.models.zoo import get_spec, load_zoo
+from parabench.results.groups import mean_std
 from parabench.study import cluster
 from parabench.study.cluster import WorkerEnv
 from parabench.tracking import client as tracking
@@ -169,12 +169,6 @@ def find_parents(client: MlflowClient, experiment_id: str, extra_filter: str = "
     """Sweep parent runs, newest first, optionally narrowed by another filter."""
     filters = [f"tags.{PARENT_TAG} = '{PARENT_VALUE}'", *([extra_filter] if extra_filter else [])]
     return search(client, experiment_id, " and ".join(filters))
-
-
-def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1, NaN for a single value) of the values."""
-    values = list(values)
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
 
 
 def aggregate(runs: Iterable[Run]) -> dict[str, float]:

@@ -24,12 +24,10 @@ from parabench.results.record import (
     split_predictions,
     write_record,
 )
+from parabench.results.store import RECORD_ARTIFACT, RECORD_TAG
 from parabench.tracking import client as tracking
 from parabench.training.engine import EpochResult
 from parabench.training.plan import TRAINING_REVISION, RunPlan
-
-RECORD_ARTIFACT = "result.json"
-RECORD_TAG = "result_record"  # on a run: the file name of its record
 
 
 def hardware_of(device_type: str = "cpu") -> Hardware:
