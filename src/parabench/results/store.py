@@ -24,7 +24,7 @@ from parabench.tracking import client as tracking
 
 RECORD_ARTIFACT = "result.json"
 RECORD_TAG = "result_record"  # on a run that logged or imported a record: the record's file name
-IMPORTED_TAG = "record_run_id"  # on an imported run: the run id the record was made by
+IMPORTED_TAG = tracking.IMPORTED_TAG
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 METRIC_BATCH, PARAM_BATCH = 1000, 100  # what one MLflow log_batch takes at most
 

@@ -28,8 +28,10 @@ from mlflow.tracking import MlflowClient
 from parabench.common.files import write_json
 from parabench.common.names import VALIDATION_SCORE
 from parabench.config import ParabenchError, Params
+from parabench.results.store import all_records
 from parabench.study.statistics import class_order
-from parabench.study.sweep import ModelSweep, mean_std, named, sweeps_by_model
+from parabench.study.sweep import ModelSweep, groups_by_model, mean_std, named, sweeps_by_model
+from parabench.tracking import client as tracking
 
 MODEL_ARTIFACT = "model"
 
@@ -77,6 +79,35 @@ def candidates(sweeps: list[ModelSweep]) -> dict[str, Candidate]:
         if current is None or candidate.mean_validation > current.mean_validation:
             best[candidate.sweep.size_class] = candidate
     return {size_class: best[size_class] for size_class in class_order(best)}
+
+
+def records_only(
+    params: Params, found: dict[str, Candidate], models: list[str] | None, data_version: str | None
+) -> list[str]:
+    """One line per size class whose best model by the result records (results/ and the store) is not the
+    candidate this store can promote: records carry no weights, so it is reported, not promoted."""
+    records = all_records(params, tracking.configure(params))
+    groups = [each[0] for each in groups_by_model(params, records, models, data_version).values()]
+    if not params.promote.allow_ensembles:
+        groups = [group for group in groups if not group.is_ensemble]
+    lines = []
+    for size_class in class_order(group.size_class for group in groups):
+        best = max(
+            (group for group in groups if group.size_class == size_class),
+            key=lambda group: group.mean(VALIDATION_SCORE),
+        )
+        candidate = found.get(size_class)
+        if (
+            candidate is None
+            or candidate.sweep.identity.model != best.model
+            or (candidate.sweep.identity.recipe_fingerprint != best.key.recipe_fingerprint)
+        ):
+            lines.append(
+                f"{size_class}: {best.model} leads by its result records ({len(best.runs)} seeds, mean "
+                f"validation accuracy {best.mean(VALIDATION_SCORE):.4f}) but has no weights in this tracking "
+                f"store: reported, not promoted (train it here with `parabench sweep --models {best.model}`)"
+            )
+    return lines
 
 
 def champion(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
@@ -192,8 +223,13 @@ def promote(
             )
         sweeps = [sweep for sweep in sweeps if not sweep.is_ensemble]
     found = candidates(sweeps)
+    for line in records_only(params, found, models, data_version):
+        log(line)
     if not found:
-        raise ParabenchError(f"no FINISHED sweep runs of {named(models)}; run `parabench sweep` first")
+        raise ParabenchError(
+            f"no FINISHED sweep runs with weights of {named(models)} in this tracking store; "
+            "run `parabench sweep` first"
+        )
     client = MlflowClient()
     lock = registry_lock(mlflow.get_tracking_uri())
     try:

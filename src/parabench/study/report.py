@@ -25,13 +25,13 @@ from parabench.common.files import write_text
 from parabench.common.names import SCORE_METRICS, VALIDATION_SCORE
 from parabench.config import Params
 from parabench.models.zoo import paper_numbers
-from parabench.results.groups import SeedGroup, group_records, mean_std, newest_data_version
+from parabench.results.groups import SeedGroup, mean_std
 from parabench.results.record import ResultRecord
 from parabench.results.store import all_records
 from parabench.study import plots
 from parabench.study.markdown import markdown
 from parabench.study.statistics import class_order, collapse_reason, interval, mcnemar_exact, paired_seed_test
-from parabench.study.sweep import default_fingerprint, named, zoo_order
+from parabench.study.sweep import groups_by_model, named
 from parabench.tracking import client as tracking
 from parabench.training.plan import TRAINING_REVISION, TUNED_PREFIX, tuned_recipes
 
@@ -256,23 +256,6 @@ def flat_metrics(row: dict[str, Any]) -> dict[str, float]:
         for key, value in row.items()
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     }
-
-
-def groups_by_model(
-    params: Params, records: list[ResultRecord], models: list[str] | None, data_version: str | None
-) -> dict[str, list[SeedGroup]]:
-    """Per model (given order; None = every model with records, zoo order), its groups on one data version
-    (given, else the newest record's): the default recipe's first, then newest first."""
-    chosen = [r for r in records if models is None or r.model in models]
-    data_version = data_version or newest_data_version(chosen)
-    found: dict[str, list[SeedGroup]] = {}
-    for group in group_records(r for r in chosen if r.data_version == data_version):
-        found.setdefault(group.model, []).append(group)
-    for model, model_groups in found.items():
-        default = default_fingerprint(params, model, data_version) if data_version else None
-        model_groups.sort(key=lambda group: group.key.recipe_fingerprint != default)  # stable: newest next
-    order = models if models is not None else zoo_order(found)
-    return {model: found[model] for model in order if model in found}
 
 
 def write_outputs(report: Report, results: list[ModelResult], settings: ReportSettings) -> list[Path]:

@@ -24,7 +24,9 @@ from parabench.common.names import FINAL_METRICS, VALIDATION_SCORE
 from parabench.config import MAX_SEED, ConfigError, ParabenchError, Params, RayOptions, RunOptions
 from parabench.data.validate import require_validated
 from parabench.models.zoo import get_spec, load_zoo
-from parabench.results.groups import mean_std
+from parabench.results.groups import SeedGroup, group_records, mean_std, newest_data_version
+from parabench.results.record import ResultRecord
+from parabench.results.store import folder_records
 from parabench.study import cluster
 from parabench.study.cluster import WorkerEnv
 from parabench.tracking import client as tracking
@@ -229,16 +231,28 @@ def sweep_model(
     identity = identity_of(plans[0])
     with open_parent(client, experiment_id, identity, plans[0].spec.size_class) as parent:
         parent_id = parent.info.run_id
-        done = tracking.seed_runs(experiment_id, identity.tags())
+        done = finished_seeds(params, experiment_id, identity)
         for index, plan in enumerate(plans, start=1):
             where = f"[{progress}seed {index}/{len(plans)}] {identity.model} seed {plan.seed}"
             if plan.seed in done:
-                log(f"{where}: skipped, FINISHED run {done[plan.seed].info.run_id}")
+                log(f"{where}: skipped, {done[plan.seed]}")
                 continue
             log(f"{where}: training")
             train_and_track(params, plan, log=log, nested=True, extra_tags={SWEEP_PARENT_TAG: parent_id})
         runs = record_outcome(client, experiment_id, parent_id, identity, {})
     return ModelSweep(client.get_run(parent_id), runs)
+
+
+def finished_seeds(params: Params, experiment_id: str, identity: Identity) -> dict[int, str]:
+    """The seeds of this identity that need no run: a FINISHED run in the store (imported ones included), or a
+    result record in results/ (made on any machine); seed -> where."""
+    done = {
+        record.seed: f"result record {record.file_name}"
+        for record in folder_records(params)
+        if Identity(record.model, record.recipe_fingerprint, record.data_version) == identity
+    }
+    runs = tracking.seed_runs(experiment_id, identity.tags(), with_weights=False)
+    return done | {seed: f"FINISHED run {run.info.run_id}" for seed, run in runs.items()}
 
 
 def record_outcome(
@@ -360,11 +374,11 @@ def run_sweep_on_ray(
                 parents[model] = parent_run_id(
                     client, experiment_id, identity, model_plans[0].spec.size_class
                 )
-                done = tracking.seed_runs(experiment_id, identity.tags())
+                done = finished_seeds(params, experiment_id, identity)
                 env = cluster.worker_env(uri, experiment_name, reserved[model])
                 for plan in model_plans:
                     if plan.seed in done:
-                        log(f"{model} seed {plan.seed}: skipped, FINISHED run {done[plan.seed].info.run_id}")
+                        log(f"{model} seed {plan.seed}: skipped, {done[plan.seed]}")
                     else:
                         jobs.append(RayJob(plan, parents[model], env, reserved[model].task_options()))
             log(
@@ -512,3 +526,21 @@ def default_fingerprint(params: Params, model: str, data_version: str) -> str | 
         return plan_run(params, RunOptions(), data_version, model=model).fingerprint
     except ParabenchError:
         return None
+
+
+def groups_by_model(
+    params: Params, records: list[ResultRecord], models: list[str] | None, data_version: str | None
+) -> dict[str, list[SeedGroup]]:
+    """The read model of result records: per model (given order; None = every model with records, zoo
+    order), its groups on one data version (given, else the newest record's): the default recipe's first,
+    then newest first."""
+    chosen = [r for r in records if models is None or r.model in models]
+    data_version = data_version or newest_data_version(chosen)
+    found: dict[str, list[SeedGroup]] = {}
+    for group in group_records(r for r in chosen if r.data_version == data_version):
+        found.setdefault(group.model, []).append(group)
+    for model, model_groups in found.items():
+        default = default_fingerprint(params, model, data_version) if data_version else None
+        model_groups.sort(key=lambda group: group.key.recipe_fingerprint != default)  # stable: newest next
+    order = models if models is not None else zoo_order(found)
+    return {model: found[model] for model in order if model in found}

@@ -27,6 +27,7 @@ from parabench.config import ParabenchError, Params
 SQLITE_PREFIX = "sqlite:///"
 # A Tune trial stopped before its last epoch (ASHA, the time budget): FINISHED, but never a seed of a study.
 PRUNED_TAG = "pruned"
+IMPORTED_TAG = "record_run_id"  # on a run `parabench results import` made from a record: the record's run id
 ENSEMBLE_TAG = "ensemble_members"  # on a seed ensemble's run: how many seed runs it averages
 
 
@@ -97,9 +98,12 @@ def run_exists(run_id: str) -> bool:
         return False
 
 
-def seed_runs(experiment_id: str, tags: dict[str, str]) -> dict[int, mlflow.entities.Run]:
+def seed_runs(
+    experiment_id: str, tags: dict[str, str], with_weights: bool = True
+) -> dict[int, mlflow.entities.Run]:
     """The newest FINISHED training run of each seed among the runs carrying these tags (sweep children,
-    `train` runs, a completed tune trial; never a sweep parent, which has no seed, or a pruned trial)."""
+    `train` runs, a completed tune trial; never a sweep parent, which has no seed, or a pruned trial). Runs
+    imported from result records have no weights: only `with_weights=False` takes them."""
     condition = " and ".join(f"tags.{key} = '{quoted(value)}'" for key, value in tags.items())
     runs: dict[int, mlflow.entities.Run] = {}
     for run in mlflow.MlflowClient().search_runs(
@@ -108,7 +112,8 @@ def seed_runs(experiment_id: str, tags: dict[str, str]) -> dict[int, mlflow.enti
         max_results=10_000,
         order_by=["attributes.start_time DESC"],
     ):
-        if "seed" in run.data.tags and PRUNED_TAG not in run.data.tags:
+        imported = IMPORTED_TAG in run.data.tags
+        if "seed" in run.data.tags and PRUNED_TAG not in run.data.tags and not (with_weights and imported):
             runs.setdefault(int(run.data.tags["seed"]), run)
     return dict(sorted(runs.items()))
 
@@ -133,6 +138,7 @@ def best_run(experiment_id: str, model: str, data_version: str) -> mlflow.entiti
         if VALIDATION_SCORE in run.data.metrics
         and "seed" in run.data.tags
         and PRUNED_TAG not in run.data.tags
+        and IMPORTED_TAG not in run.data.tags
     ]
     return max(trained, key=lambda run: run.data.metrics[VALIDATION_SCORE], default=None)
 
