@@ -1,5 +1,5 @@
 """`parabench report` on the session's tiny sweep: its numbers equal a hand computation from the runs in
-MLflow, and it writes the tables, DVC metrics, plots and a `report` run."""
+MLflow, and it writes the tables, DVC metrics, plots and a `report` run (from the runs' result records)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,15 @@ from scipy import stats
 from test_sweep import SWEPT_MODELS, TRAIN_OPTIONS, client_for, invoke, project_env, runs_of, swept  # noqa: F401
 
 from parabench.common.files import write_json
+from parabench.common.names import SCORE_METRICS
 from parabench.config import Params
+from parabench.results.groups import group_records
+from parabench.results.record import split_predictions
+from parabench.results.store import folder_records
+from parabench.study import markdown as markdown_module
 from parabench.study import report as report_module
-from parabench.study.report import SCORE_METRICS, ReportSettings, mcnemar_exact, pareto_front
+from parabench.study.report import ReportSettings
+from parabench.study.statistics import mcnemar_exact, pareto_front
 from parabench.study.sweep import latest_sweeps
 from parabench.training.plan import tuned_recipe_file
 
@@ -116,6 +122,11 @@ def test_the_report_is_logged_as_a_report_run(swept: Params, settings: ReportSet
     assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "plots")} >= {"plots/seed_spread.png"}
 
 
+def as_split(frame: pd.DataFrame):
+    """A predictions_test.csv as a record's test split."""
+    return split_predictions(frame["idx"], frame["probability"], frame["predicted_label"], frame["label"])
+
+
 def test_mcnemar_compares_the_best_validation_seeds(swept: Params, table: pd.DataFrame) -> None:  # noqa: F811
     first, second = (
         predictions(finished_by_seed(swept, m)[table.loc[m, "best_validation_seed"]]) for m in SWEPT_MODELS
@@ -124,15 +135,15 @@ def test_mcnemar_compares_the_best_validation_seeds(swept: Params, table: pd.Dat
     right_a = merged["predicted_label_x"] == merged["label_x"]
     right_b = merged["predicted_label_y"] == merged["label_y"]
     only_a, only_b = (right_a & ~right_b).sum(), (right_b & ~right_a).sum()
-    assert mcnemar_exact(first, second)[:3] == (len(merged), only_a, only_b)
+    assert mcnemar_exact(as_split(first), as_split(second))[:3] == (len(merged), only_a, only_b)
 
 
 def test_mcnemar_exact_p_value() -> None:
     labels = [1] * 10
-    first = pd.DataFrame({"idx": range(10), "label": labels, "predicted_label": labels})
+    first = pd.DataFrame({"idx": range(10), "label": labels, "predicted_label": labels, "probability": 0.9})
     second = first.assign(predicted_label=[0] * 5 + [1] * 5)
-    assert mcnemar_exact(first, second) == (10, 5, 0, pytest.approx(2 * 0.5**5))
-    assert mcnemar_exact(first, first)[3] == 1.0
+    assert mcnemar_exact(as_split(first), as_split(second)) == (10, 5, 0, pytest.approx(2 * 0.5**5))
+    assert mcnemar_exact(as_split(first), as_split(first))[3] == 1.0
 
 
 def test_pareto_front_keeps_the_undominated_points() -> None:
@@ -145,14 +156,15 @@ def test_the_papers_numbers_stand_beside_ours(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = ReportSettings.from_params(swept)
-    model_sweep = latest_sweeps(swept, [SWEPT_MODELS[0]])[0]
-    result = report_module.ModelResult(model_sweep, {}, {})
+    [group] = [g for g in group_records(folder_records(swept)) if g.model == SWEPT_MODELS[0]]
+    result = report_module.ModelResult(group, {})
     monkeypatch.setattr(report_module, "paper_numbers", lambda _: {"test_accuracy": 84.87, "test_f1": 88.64})
     row = report_module.summary_row(result, settings)
     assert row["paper_test_accuracy"] == 84.87
     assert row["diff_test_accuracy"] == pytest.approx(row["test_accuracy_mean"] - 84.87)
     assert row["diff_test_f1"] == pytest.approx(row["test_f1_mean"] - 88.64)
-    assert f"| 84.87 | {row['diff_test_accuracy']:+.2f} |" in report_module.table_line(row)
+    cells = markdown_module.table_cells(row)
+    assert cells[-4:-2] == ["84.87", f"{row['diff_test_accuracy']:+.2f}"]
 
 
 def test_no_sweep_is_a_one_line_error(swept: Params) -> None:  # noqa: F811
@@ -195,15 +207,15 @@ def test_study_rows_the_pareto_front_and_a_test_over_seeds_are_reported(
     table: pd.DataFrame,
 ) -> None:
     markdown = settings.results_md.read_text(encoding="utf-8")
-    marked = f"(study, {settings.paper_hardware})"
-    assert f"| albert-base-v2 {marked} | 11M | study |" in markdown
-    assert "## large" in markdown and f"meta-llama/Llama-2-7b-hf {marked}" in markdown
+    assert "| albert-base-v2 (study) | 11M | study |" in markdown
+    assert "## large" in markdown and "meta-llama/Llama-2-7b-hf (study)" in markdown
+    assert f"| {settings.paper_hardware} |" in markdown
     ours = [
         (table.loc[m, "eval_samples_per_second_mean"], table.loc[m, "test_accuracy_mean"])
         for m in SWEPT_MODELS
     ]
     front = [SWEPT_MODELS[i] for i in pareto_front(ours)]
-    front_line = next(line for line in markdown.splitlines() if line.startswith("- ours ("))
+    front_line = next(line for line in markdown.splitlines() if line.startswith("- ours on "))
     assert all(model in front_line for model in front)
     assert all(model not in front_line for model in SWEPT_MODELS if model not in front)
     best, other = sorted(SWEPT_MODELS, key=lambda m: -table.loc[m, "final_validation_accuracy_mean"])

@@ -116,25 +116,29 @@ def test_a_parent_per_model_holds_a_finished_child_per_seed(swept: Params) -> No
         assert summary[model]["test_accuracy_mean"] == parent.data.metrics["test_accuracy_mean"]
 
 
-def test_rerun_skips_finished_seeds_and_reruns_only_a_failed_one(swept: Params) -> None:
+def test_rerun_skips_finished_seeds_and_reruns_only_a_failed_one(swept: Params, tmp_path: Path) -> None:
     model = SWEPT_MODELS[0]
-    before = {run.info.run_id for run in runs_of(swept, model)}
-    output = invoke(*sweep_args((model,))).output
-    assert all(f"{model} seed {seed}: skipped" in output for seed in SWEPT_SEEDS)
-    assert {run.info.run_id for run in runs_of(swept, model)} == before
+    with project_env(Path(shutil.copytree(swept.root, tmp_path / "project"))) as params:
+        before = {run.info.run_id for run in runs_of(params, model)}
+        output = invoke(*sweep_args((model,))).output
+        assert all(f"{model} seed {seed}: skipped" in output for seed in SWEPT_SEEDS)
+        assert {run.info.run_id for run in runs_of(params, model)} == before
 
-    parent, children = parent_and_children(swept, model)
-    failed = next(run for run in children if run.data.tags["seed"] == str(SWEPT_SEEDS[1]))
-    client_for(swept)[0].set_terminated(failed.info.run_id, "FAILED")
-    output = invoke(*sweep_args((model,))).output
-    assert f"{model} seed {SWEPT_SEEDS[0]}: skipped" in output
-    assert f"{model} seed {SWEPT_SEEDS[1]}: skipped" not in output
+        parent, children = parent_and_children(params, model)
+        failed = next(run for run in children if run.data.tags["seed"] == str(SWEPT_SEEDS[1]))
+        client_for(params)[0].set_terminated(failed.info.run_id, "FAILED")
+        # A run that failed wrote no result record (records are written once a run ended FINISHED).
+        [record] = params.path(params.results.dir).glob(f"*--{failed.info.run_id}.json")
+        record.unlink()
+        output = invoke(*sweep_args((model,))).output
+        assert f"{model} seed {SWEPT_SEEDS[0]}: skipped" in output
+        assert f"{model} seed {SWEPT_SEEDS[1]}: skipped" not in output
 
-    new = [run for run in runs_of(swept, model) if run.info.run_id not in before]
-    assert len(new) == 1 and new[0].data.tags["seed"] == str(SWEPT_SEEDS[1])
-    assert new[0].info.status == "FINISHED"
-    assert new[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert parent_and_children(swept, model)[0].info.run_id == parent.info.run_id
+        new = [run for run in runs_of(params, model) if run.info.run_id not in before]
+        assert len(new) == 1 and new[0].data.tags["seed"] == str(SWEPT_SEEDS[1])
+        assert new[0].info.status == "FINISHED"
+        assert new[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert parent_and_children(params, model)[0].info.run_id == parent.info.run_id
 
 
 def test_seeds_are_a_count_or_a_list(swept: Params) -> None:

@@ -58,11 +58,13 @@ def store_records(experiment_id: str) -> list[ResultRecord]:
     return records
 
 
-def all_records(params: Params, experiment_id: str) -> list[ResultRecord]:
-    """The records of results/ and of the store, one per run."""
+def all_records(params: Params) -> list[ResultRecord]:
+    """The records of results/ (read and checked first, before the store is opened) and of the store, one
+    per run."""
     from parabench.results.groups import unique_runs
 
-    return unique_runs([*folder_records(params), *store_records(experiment_id)])
+    folder = folder_records(params)
+    return unique_runs([*folder, *store_records(tracking.configure(params))])
 
 
 def known_runs(experiment_id: str) -> set[str]:

@@ -31,7 +31,6 @@ from parabench.config import ParabenchError, Params
 from parabench.results.store import all_records
 from parabench.study.statistics import class_order
 from parabench.study.sweep import ModelSweep, groups_by_model, mean_std, named, sweeps_by_model
-from parabench.tracking import client as tracking
 
 MODEL_ARTIFACT = "model"
 
@@ -86,7 +85,7 @@ def records_only(
 ) -> list[str]:
     """One line per size class whose best model by the result records (results/ and the store) is not the
     candidate this store can promote: records carry no weights, so it is reported, not promoted."""
-    records = all_records(params, tracking.configure(params))
+    records = all_records(params)
     groups = [each[0] for each in groups_by_model(params, records, models, data_version).values()]
     if not params.promote.allow_ensembles:
         groups = [group for group in groups if not group.is_ensemble]

@@ -288,16 +288,15 @@ def build_report(
 ) -> Report:
     """Read every result record (results/ and the store), group them, and write every output."""
     settings = ReportSettings.from_params(params)
-    experiment_id = tracking.configure(params)
-    records = all_records(params, experiment_id)
+    records = all_records(params)
     all_groups = groups_by_model(params, records, models, data_version)
-    for model in (m for m in models or [] if m not in all_groups):
-        log(f"warning: {model} has no result record on this data version; left out of the report")
     if not all_groups:
         raise ParabenchError(
             f"no result records of {named(models)} in {params.path(params.results.dir)} or the tracking "
-            "store; run `parabench sweep` (or `parabench train`) first"
+            "store; run `parabench sweep` first"
         )
+    for model in (m for m in models or [] if m not in all_groups):
+        log(f"warning: {model} has no result record on this data version; left out of the report")
     results = []
     for model_groups in all_groups.values():
         group = model_groups[0]

@@ -25,6 +25,7 @@ from parabench.common.processes import http_ok, process_alive
 from parabench.config import ParabenchError, Params
 
 SQLITE_PREFIX = "sqlite:///"
+ARTIFACTS_DIR = "mlartifacts"  # a local store's artifacts, beside mlflow.db in the project
 # A Tune trial stopped before its last epoch (ASHA, the time budget): FINISHED, but never a seed of a study.
 PRUNED_TAG = "pruned"
 IMPORTED_TAG = "record_run_id"  # on a run `parabench results import` made from a record: the record's run id
@@ -75,6 +76,9 @@ def configure(params: Params) -> str:
             mlflow.set_experiment(experiment_id=experiment_id)
         else:
             name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or params.mlflow.experiment
+            if uri.startswith(SQLITE_PREFIX) and mlflow.get_experiment_by_name(name) is None:
+                # Artifacts beside the project's store, not in ./mlruns of whatever folder this runs from.
+                mlflow.create_experiment(name, artifact_location=params.path(ARTIFACTS_DIR).as_uri())
             experiment_id = mlflow.set_experiment(name).experiment_id
     fail_orphaned_runs(experiment_id)
     return experiment_id
