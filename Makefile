@@ -11,7 +11,7 @@ BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.parabench-installed
 # Every dependency of pyproject.toml's extras below, pinned with hashes (pip-compile), except torch.
 LOCK := requirements.lock
-LOCK_EXTRAS := embedded,server,dev
+LOCK_EXTRAS := embedded,server,dev,docs
 # `make lock` keeps the pins it can; `make lock LOCK_ARGS=--upgrade` (or `LOCK_ARGS="-P mlflow"`) moves them.
 LOCK_ARGS ?=
 # A throw-away venv with pip-tools for `make lock`.
@@ -24,14 +24,17 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
 TORCH_PIP_ARGS := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL) --extra-index-url https://pypi.org/simple)
+# Where `make docs` builds the documentation site (git-ignored).
+SITE_DIR ?= build/site
 # Runs a command with the venv's tools (parabench, dvc, mlflow) first on PATH.
 IN_VENV := PATH="$(BIN):$$PATH"
 
-.PHONY: help venv lock run test lint ui clean
+.PHONY: help venv lock run test docs lint ui clean
 
 help:
 	@echo "make run    build .venv, then 'dvc repro train': fetch -> prepare -> validate -> train (one MLflow run)"
-	@echo "make test   build .venv, then ruff + pytest"
+	@echo "make test   build .venv, then the docs (mkdocs --strict), ruff + pytest"
+	@echo "make docs   build the documentation site into $(SITE_DIR) (mkdocs --strict: a broken link fails)"
 	@echo "make lint   ruff check src tests"
 	@echo "make lock   regenerate $(LOCK) (pinned, hashed) from pyproject.toml; LOCK_ARGS=--upgrade moves every pin"
 	@echo "make ui     MLflow UI on the runs in mlflow.db (http://127.0.0.1:5000)"
@@ -102,9 +105,14 @@ run: venv
 	@echo "MLflow UI: make ui   (mlflow ui --backend-store-uri sqlite:///mlflow.db)"
 
 # pytest exits 5 when it collects no test: that fails here like any other non-zero exit.
-test: venv
+test: venv docs
 	"$(BIN)/ruff" check src tests
 	$(IN_VENV) "$(BIN)/python" -m pytest -q --durations=15
+
+# --strict: a broken link or anchor, a page left out of the nav or a missing report file fails the build.
+# NO_MKDOCS_2_WARNING silences Material's notice about MkDocs 2, which is no finding about these docs.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 "$(BIN)/mkdocs" build --strict --site-dir "$(SITE_DIR)"
 
 lint: venv
 	"$(BIN)/ruff" check src tests

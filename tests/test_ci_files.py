@@ -1,4 +1,4 @@
-"""The files around the code: CI workflow, MLproject, conda.yaml, dvc.yaml, README, .ci/run."""
+"""The files around the code: CI workflow, MLproject, conda.yaml, dvc.yaml, README, .ci/run, the Makefile."""
 
 from __future__ import annotations
 
@@ -130,6 +130,19 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert first_block is not None
     commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines()]
     assert "make run" in commands and "make test" in commands
+
+
+def test_make_test_builds_the_docs_strictly_from_the_locked_venv() -> None:
+    make = shutil.which("make")
+    assert make is not None
+    dry_run = subprocess.run([make, "-n", "test"], cwd=ROOT, capture_output=True, text=True)
+    assert dry_run.returncode == 0, dry_run.stderr
+    lines = dry_run.stdout.splitlines()
+    docs = next(i for i, line in enumerate(lines) if '/bin/mkdocs" build --strict' in line)
+    tests = next(i for i, line in enumerate(lines) if "-m pytest" in line)
+    assert docs < tests, "make test builds the docs (a broken link fails) before the tests"
+    lock = (ROOT / "requirements.lock").read_text(encoding="utf-8")
+    assert re.search(r"^mkdocs-material==", lock, re.M) and re.search(r"^mkdocs==", lock, re.M)
 
 
 def test_ci_entry_point_runs_make_test() -> None:
