@@ -24,7 +24,8 @@ from parabench.serving.pyfunc import logged_from_code
 from parabench.tracking.client import FINAL_METRICS
 from parabench.training.baselines import best_threshold
 from parabench.training.plan import plan_run
-from parabench.training.run import RunSummary, subsample, train_and_track
+from parabench.training.evaluation import subsample
+from parabench.training.run import RunSummary, train_and_track
 
 BASELINES = ["tiny-bert+cosine", "tiny-bert+logreg"]
 CHOSEN = {"cosine": "threshold", "logreg": "C"}

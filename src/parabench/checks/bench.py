@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
@@ -44,7 +45,6 @@ from parabench.training.engine import (
     default_mixed_precision,
     length_grouped_batches,
     make_accelerator,
-    set_seed,
     train_steps,
 )
 from parabench.training.metrics import classification_metrics

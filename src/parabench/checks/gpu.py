@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 
 from parabench.common.files import write_json
 from parabench.config import ParabenchError, Params
@@ -29,7 +30,6 @@ from parabench.training.engine import (
     default_mixed_precision,
     fine_tune,
     make_accelerator,
-    set_seed,
 )
 from parabench.training.metrics import classification_metrics
 

@@ -20,23 +20,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from accelerate.utils import set_seed
 
 from parabench.config import BaselineParams, ParabenchError, Params, Recipe
-from parabench.data.prepare import load_frames
-from parabench.data.validate import require_validated
 from parabench.models.embeddings import Head, cosine, embed_pairs, load_encoder, pair_features
 from parabench.models.inference import Predictions, prepare_for_inference
 from parabench.models.zoo import count_parameters, model_size_mb, resolve_weights
 from parabench.serving.baseline import log_baseline_model
 from parabench.serving.pyfunc import RequestLimits
-from parabench.tracking import client as tracking
-from parabench.training.engine import set_seed
+from parabench.training.kind import Fitted
 from parabench.training.plan import RunPlan
-from parabench.training.records import log_record, save_record
-from parabench.training.run import RunSummary, log_evaluation_artifacts, split_metrics, subsample
 
 # Fine-tuning settings a baseline does not have: left out of its logged parameters.
-NOT_LOGGED = {*Recipe.model_fields, "optimizer", "gradient_accumulation_steps", "checkpoint_every_steps"}
+NOT_LOGGED = frozenset(
+    {*Recipe.model_fields, "optimizer", "gradient_accumulation_steps", "checkpoint_every_steps"}
+)
 Embedded = tuple[np.ndarray, np.ndarray]
 
 
@@ -113,117 +111,102 @@ def fit_logreg(
     return best, scores
 
 
-def track_baseline(
-    params: Params,
-    plan: RunPlan,
-    log: Callable[[str], None] = print,
-    nested: bool = False,
-    extra_tags: dict[str, str] | None = None,
-    parent_run_id: str | None = None,
-) -> RunSummary:
-    """One baseline run, tracked like a fine-tuning run (train_and_track dispatches here for spec.head).
-    Everything that can fail on the user's input fails before a run exists."""
-    spec, seed = plan.spec, plan.seed
-    settings = plan.baselines or params.baselines
-    batch_size = settings.embed_batch_size or plan.eval_batch_size
-    require_validated(params)
-    weights = resolve_weights(spec, params)
-    if params.train.num_threads is not None:
-        torch.set_num_threads(params.train.num_threads)
-    frames = load_frames(params.path(params.data.processed_dir))
-    frames["train"] = subsample(frames["train"], plan.max_train_samples, seed)
-    for split in ("validation", "test"):
-        frames[split] = subsample(frames[split], plan.max_eval_samples, seed)
-    labels = {split: frame["label"].to_numpy() for split, frame in frames.items()}
-    set_seed(seed)
-    tokenizer, encoder = load_encoder(weights, spec.key)
-    served = prepare_for_inference(encoder, plan.inference_path)
+class Baseline:
+    """A frozen encoder's mean-pooled sentence embeddings and a head (cosine threshold or logistic
+    regression) chosen on validation: nothing is fine-tuned."""
 
-    def embed_split(frame: pd.DataFrame) -> Embedded:
+    record_kind = "baseline"
+    not_logged = NOT_LOGGED
+    main = True
+
+    def __init__(self, params: Params, plan: RunPlan, frames: dict[str, pd.DataFrame]) -> None:
+        self.params, self.plan, self.frames = params, plan, frames
+        self.settings = plan.baselines or params.baselines
+        self.batch_size = self.settings.embed_batch_size or plan.eval_batch_size
+        self.recipe_name = f"frozen+{plan.spec.head}"
+        self.device = torch.device("cpu")
+        self.labels = {split: frame["label"].to_numpy() for split, frame in frames.items()}
+        self.embedded: dict[str, Embedded] = {}
+
+    def prepare(self) -> dict[str, Any]:
+        spec = self.plan.spec
+        weights = resolve_weights(spec, self.params)
+        set_seed(self.plan.seed)
+        self.tokenizer, self.encoder = load_encoder(weights, spec.key)
+        self.served = prepare_for_inference(self.encoder, self.plan.inference_path)
+        self.device = next(self.encoder.parameters()).device
+        return {
+            "head": spec.head,
+            "encoder": spec.encoder,
+            "pooling": "mean",
+            "embed_batch_size": self.batch_size,
+            "model_source": str(weights),
+            "dtype": str(next(self.encoder.parameters()).dtype),
+            "num_processes": 1,
+        }
+
+    def tags(self) -> dict[str, str]:
+        return {}
+
+    def resumable_run(self, say: Callable[[str], None]) -> str | None:
+        return None
+
+    def embed(self, split: str) -> Embedded:
+        frame = self.frames[split]
         pairs = (frame["sentence1"].tolist(), frame["sentence2"].tolist())
-        return embed_pairs(tokenizer, served, *pairs, plan.max_length, batch_size)
+        return embed_pairs(self.tokenizer, self.served, *pairs, self.plan.max_length, self.batch_size)
 
-    experiment_id = tracking.configure(params)
-    tags = {**plan.tags(), **(extra_tags or {})}
-    with tracking.tracked_run(plan.run_name, tags, nested, parent_run_id=parent_run_id) as run:
-        logged = {k: v for k, v in plan.logged_params().items() if k not in NOT_LOGGED}
-        tracking.log_params(
-            {
-                **logged,
-                "recipe": f"frozen+{spec.head}",
-                "head": spec.head,
-                "encoder": spec.encoder,
-                "pooling": "mean",
-                "embed_batch_size": batch_size,
-                "model_source": str(weights),
-                "train_samples": len(frames["train"]),
-                "git_commit": tracking.git_commit(params.root),
-                "dtype": str(next(encoder.parameters()).dtype),
-                **tracking.hardware(next(encoder.parameters()).device),
-                "num_processes": 1,
-            }
-        )
-        log(f"fitting {spec.key} (seed {seed}) on {len(frames['train'])} pairs: frozen encoder + {spec.head}")
+    def fit(self, run_id: str | None, on_epoch: Callable[[Any], Any], say: Callable[[str], None]) -> Fitted:
+        head_kind = self.plan.spec.head
+        say(f"fitting {self.plan.spec.key} (seed {self.plan.seed}) on {len(self.frames['train'])} pairs: "
+            f"frozen encoder + {head_kind}")  # fmt: skip
         started = time.perf_counter()
-        embedded = {split: embed_split(frames[split]) for split in ("train", "validation")}
-        if spec.head == "cosine":
-            head = fit_cosine(embedded["validation"], labels["validation"])
-            chosen: dict[str, Any] = {"threshold": head.threshold, "probability_slope": head.slope}
+        self.embedded = {split: self.embed(split) for split in ("train", "validation")}
+        if head_kind == "cosine":
+            self.head = fit_cosine(self.embedded["validation"], self.labels["validation"])
+            chosen: dict[str, Any] = {"threshold": self.head.threshold, "probability_slope": self.head.slope}
         else:
-            head, c_scores = fit_logreg(
-                embedded["train"], labels["train"], embedded["validation"], labels["validation"],
-                settings, seed, log,
+            self.head, c_scores = fit_logreg(
+                self.embedded["train"], self.labels["train"], self.embedded["validation"],
+                self.labels["validation"], self.settings, self.plan.seed, say,
             )  # fmt: skip
-            chosen = {"C": head.C, "c_grid": list(c_scores), "max_iter": settings.max_iter}
+            chosen = {"C": self.head.C, "c_grid": list(c_scores), "max_iter": self.settings.max_iter}
             chosen |= {"features": "u,v,|u-v|,u*v", "standardized": True}
             for c, score in c_scores.items():
-                log(f"logreg C={c:g}: validation accuracy {score:.4f}")
-        fit_seconds = time.perf_counter() - started
-        choice = "threshold" if spec.head == "cosine" else "C"
-        log(f"chosen on validation: {choice} {chosen[choice]}")
+                say(f"logreg C={c:g}: validation accuracy {score:.4f}")
+        seconds = time.perf_counter() - started
+        choice = "threshold" if head_kind == "cosine" else "C"
+        say(f"chosen on validation: {choice} {chosen[choice]}")
+        speed = len(self.frames["train"]) / seconds if seconds else 0.0
+        return Fitted(0, speed, timings={"fit_seconds": seconds}, chosen=chosen)
 
-        started = time.perf_counter()  # test end to end: tokenize, embed, score
-        test_probabilities = head.probabilities(*embed_split(frames["test"]))
-        predictions = {
-            split: Predictions(head.probabilities(*embedded[split]), 0.0) for split in ("train", "validation")
-        } | {"test": Predictions(test_probabilities, time.perf_counter() - started)}
-        final = split_metrics(labels, predictions, log)
-        final |= {
-            "kept_epoch": 0,
-            "train_samples_per_second": len(frames["train"]) / fit_seconds if fit_seconds else 0.0,
-            "eval_samples_per_second": predictions["test"].samples_per_second,
-            "num_parameters": count_parameters(encoder) + head.num_parameters,
-            "model_size_mb": model_size_mb(encoder) + head.size_mb,
-        }
-        tracking.log_params({**chosen, "num_parameters": final["num_parameters"]})
-        test = (frames["test"], predictions["test"])
-        log_baseline_artifacts(encoder, tokenizer, head, *test, final, plan, batch_size)
-        tracking.log_final_metrics(final)
-        if plan.record:
-            timings = {"fit_seconds": fit_seconds, "test_inference_seconds": predictions["test"].seconds}
-            record = log_record(params, plan, "baseline", frames, predictions, final, timings=timings)
-    if plan.record:
-        save_record(params, record, log)
-    return RunSummary(run.info.run_id, experiment_id, spec.key, seed, final)
+    def predict(self, split: str) -> Predictions:
+        if split in self.embedded:  # embedded while fitting: its time is the fit's
+            return Predictions(self.head.probabilities(*self.embedded[split]), 0.0)
+        started = time.perf_counter()  # end to end: tokenize, embed, score
+        probabilities = self.head.probabilities(*self.embed(split))
+        return Predictions(probabilities, time.perf_counter() - started)
 
+    def size(self) -> tuple[int, float]:
+        return count_parameters(self.encoder) + self.head.num_parameters, model_size_mb(
+            self.encoder
+        ) + self.head.size_mb
 
-def log_baseline_artifacts(
-    encoder: Any,
-    tokenizer: Any,
-    head: Head,
-    test_frame: pd.DataFrame,
-    test_predictions: Predictions,
-    final: dict[str, float],
-    plan: RunPlan,
-    embed_batch_size: int,
-) -> None:
-    """As a fine-tuning run's: confusion matrix, test predictions, metrics JSON, and the model (the encoder
-    folder and the head's JSON, logged from code)."""
-    log_evaluation_artifacts(test_frame, test_predictions, final, plan)
-    with tempfile.TemporaryDirectory() as folder:
-        encoder_dir = Path(folder) / "encoder"
-        encoder.save_pretrained(encoder_dir)
-        tokenizer.save_pretrained(encoder_dir)
-        head_file = head.save(Path(folder) / "head.json")
-        sizes = (plan.max_length, plan.eval_batch_size, embed_batch_size)
-        log_baseline_model(encoder_dir, head_file, *sizes, plan.inference_path, RequestLimits.of(plan.serve))
+    def log_model(self) -> None:
+        """The encoder folder and the head's JSON, logged as the served model (from code)."""
+        plan = self.plan
+        with tempfile.TemporaryDirectory() as folder:
+            encoder_dir = Path(folder) / "encoder"
+            self.encoder.save_pretrained(encoder_dir)
+            self.tokenizer.save_pretrained(encoder_dir)
+            head_file = self.head.save(Path(folder) / "head.json")
+            sizes = (plan.max_length, plan.eval_batch_size, self.batch_size)
+            log_baseline_model(
+                encoder_dir, head_file, *sizes, plan.inference_path, RequestLimits.of(plan.serve)
+            )
+
+    def wait(self) -> None:
+        return None
+
+    def clean_up(self) -> None:
+        return None

@@ -11,7 +11,6 @@ No MLflow here: the caller gets each epoch's result through a callback and logs 
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 from transformers import PreTrainedModel, get_scheduler
 
 from parabench.common.progress import progress
@@ -71,13 +71,6 @@ class EngineSettings:
     mixed_precision: str = "no"
     gradient_accumulation_steps: int = 1
     checkpoint_every_steps: int | None = None  # optimizer steps between checkpoints; None: after epochs only
-
-
-def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and torch so a run is repeatable."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def default_mixed_precision() -> str:

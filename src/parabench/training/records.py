@@ -27,6 +27,7 @@ from parabench.results.record import (
 from parabench.results.store import RECORD_ARTIFACT, RECORD_TAG
 from parabench.tracking import client as tracking
 from parabench.training.engine import EpochResult
+from parabench.training.kind import RunKind
 from parabench.training.plan import TRAINING_REVISION, RunPlan
 
 
@@ -49,14 +50,12 @@ def hardware_of(device_type: str = "cpu") -> Hardware:
 def log_record(
     params: Params,
     plan: RunPlan,
-    kind: str,
+    kind: RunKind,
     frames: dict[str, pd.DataFrame],
     predictions: dict[str, Predictions],
     final: dict[str, float],
     epochs: Sequence[EpochResult] = (),
     timings: dict[str, float] | None = None,
-    started_at: float | None = None,
-    device_type: str = "cpu",
 ) -> ResultRecord:
     """The active run's record, logged to it as `result.json` and named in its tag `result_record`."""
     run = mlflow.active_run()
@@ -70,9 +69,9 @@ def log_record(
             "model": plan.spec.key,
             "size_class": plan.spec.size_class,
             "family": plan.spec.family,
-            "kind": kind,
-            "recipe_name": plan.recipe_name if kind != "baseline" else f"frozen+{plan.spec.head}",
-            "recipe": plan.recipe.model_dump(mode="json", exclude_none=True) if kind != "baseline" else {},
+            "kind": kind.record_kind,
+            "recipe_name": kind.recipe_name,
+            "recipe": {} if plan.spec.head else plan.recipe.model_dump(mode="json", exclude_none=True),
             "recipe_fingerprint": plan.fingerprint,
             "params": {key: str(value) for key, value in mlflow.get_run(run.info.run_id).data.params.items()},
             "training_revision": TRAINING_REVISION,
@@ -80,8 +79,8 @@ def log_record(
             "data_version": plan.data_version,
             "code_commit": tracking.git_commit(params.root),
             "versions": library_versions(),
-            "hardware": hardware_of(device_type),
-            "started_at": started_at or run.info.start_time / 1000,
+            "hardware": hardware_of(kind.device.type),
+            "started_at": run.info.start_time / 1000,
             "finished_at": time.time(),
             "curves": curves,
             "metrics": {name: float(final[name]) for name in FINAL_METRICS},
