@@ -1,15 +1,16 @@
-"""Shared fixtures: throw-away projects (params.yaml with every path inside a temp folder) and, once per
-session, a project whose MRPC splits are fetched from ../shared/mrpc, prepared and validated."""
+"""Shared fixtures: throw-away projects (params.yaml with every path inside a temp folder); once per session,
+a project whose MRPC splits are fetched from ../shared/mrpc, prepared and validated, and a tiny sweep of it.
+Session projects are read-only: a test that changes one works on a copy (`helpers.copy_project`)."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers import EVAL_SAMPLES, copy_project, invoke, project_env, sweep_args
 
 from parabench.config import PARAMS_ENV, Params, load_params
 from parabench.data.fetch import SOURCE_ENV
@@ -110,8 +111,39 @@ def processed_dir(validated_params: Params) -> Path:
 
 
 @pytest.fixture
-def validated_copy(validated_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Params:
-    """A private, writable copy of the validated project; $PARABENCH_PARAMS points at it."""
-    folder = Path(shutil.copytree(validated_project, tmp_path / "validated"))
-    monkeypatch.setenv(PARAMS_ENV, str(folder / "params.yaml"))
-    return load_params(folder / "params.yaml")
+def validated_copy(validated_project: Path, tmp_path: Path) -> Iterator[Params]:
+    """A private, writable copy of the validated project; the environment points at it."""
+    with project_env(copy_project(validated_project, tmp_path / "validated")) as params:
+        yield params
+
+
+@pytest.fixture(scope="session")
+def swept_root(validated_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Once per session: a copy of the validated project swept by the CLI (helpers.SWEPT_MODELS x
+    SWEPT_SEEDS, evaluation on EVAL_SAMPLES pairs), with its store and result records. Read-only."""
+    destination = tmp_path_factory.mktemp("swept") / "project"
+    folder = copy_project(validated_project, destination, train={"max_eval_samples": EVAL_SAMPLES})
+    with project_env(folder):
+        invoke(*sweep_args())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def swept(swept_root: Path) -> Iterator[Params]:
+    """The session's swept project, the environment pointing at it for the module's tests (read-only)."""
+    with project_env(swept_root) as params:
+        yield params
+
+
+@pytest.fixture(scope="module")
+def swept_module_copy(swept_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Params]:
+    """A copy of the swept project for one module whose tests build on each other's changes (promote)."""
+    with project_env(copy_project(swept_root, tmp_path_factory.mktemp("swept-copy") / "project")) as params:
+        yield params
+
+
+@pytest.fixture
+def swept_copy(swept_root: Path, tmp_path: Path) -> Iterator[Params]:
+    """A private copy of the swept project (store and records) for one test to change."""
+    with project_env(copy_project(swept_root, tmp_path / "project")) as params:
+        yield params

@@ -3,7 +3,6 @@ other: `train` logs a complete run whose model serves pairs with the same signat
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,18 +12,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import copy_project, project_env
 from mlflow.tracking import MlflowClient
 
-from parabench.config import PARAMS_ENV, ConfigError, Params, RunOptions, load_params
+from parabench.common.names import FINAL_METRICS
+from parabench.config import ConfigError, Params, RunOptions, load_params
 from parabench.data.prepare import load_frames
 from parabench.data.validate import require_validated
 from parabench.models.embeddings import BELOW_HALF, Head, cosine, embed_pairs
 from parabench.models.zoo import get_spec, load_zoo
 from parabench.serving.pyfunc import logged_from_code
-from parabench.tracking.client import FINAL_METRICS
 from parabench.training.baselines import best_threshold
-from parabench.training.plan import plan_run
 from parabench.training.evaluation import subsample
+from parabench.training.plan import plan_run
 from parabench.training.run import RunSummary, train_and_track
 
 BASELINES = ["tiny-bert+cosine", "tiny-bert+logreg"]
@@ -42,12 +42,9 @@ PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 @pytest.fixture(scope="module")
 def baseline_project(validated_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Params]:
     """A writable validated project with its own tracking store; evaluation capped to keep tests fast."""
-    folder = Path(shutil.copytree(validated_project, tmp_path_factory.mktemp("baselines") / "project"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(PARAMS_ENV, str(folder / "params.yaml"))
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
-        params = load_params(folder / "params.yaml")
-        yield params.model_copy(update={"train": params.train.model_copy(update={"max_eval_samples": 96})})
+    destination = tmp_path_factory.mktemp("baselines") / "project"
+    with project_env(copy_project(validated_project, destination, train={"max_eval_samples": 96})) as params:
+        yield params
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_sweep import SWEPT_MODELS, invoke, project_env, swept_folder
+from helpers import SWEPT_MODELS, copy_project, invoke, project_env
 
+from parabench.checks import sandbox
 from parabench.checks.reliability import concurrent_promotes, concurrent_trainings
-from parabench.checks.sandbox import copy_project
 from parabench.checks.sandbox import project_env as run_env
 from parabench.config import Params, load_params
 from parabench.study.sweep import latest_sweeps
@@ -28,7 +28,7 @@ def server_project(validated_project: Path) -> Iterator[Params]:
     """A copy of the validated project with `parabench server start` running on free ports."""
     work = Path(tempfile.mkdtemp(prefix="parabench-server-test-"))
     work.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data folder
-    params_file = copy_project(
+    params_file = sandbox.copy_project(
         load_params(validated_project / "params.yaml"), work / "project", work / "server"
     )
     raw = yaml.safe_load(params_file.read_text(encoding="utf-8"))
@@ -78,20 +78,29 @@ def test_trainings_opening_a_new_sqlite_store_at_once_all_finish(server_project:
     assert (outcome["exit_zero"], outcome["complete_runs"], outcome["running_runs"]) == (3, 3, 0)
 
 
-def test_a_locked_sqlite_store_ends_in_one_line_pointing_to_the_server() -> None:
-    from parabench.tracking.client import SQLITE_LOCKED_HINT
+def test_a_locked_sqlite_store_ends_in_one_line_pointing_to_the_server(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sqlalchemy.exc import OperationalError
 
-    assert "parabench server start" in SQLITE_LOCKED_HINT and "MLFLOW_TRACKING_URI" in SQLITE_LOCKED_HINT
+    from parabench import cli
+
+    def locked(**_: object) -> None:  # what SQLAlchemy raises when another process holds the SQLite store
+        raise OperationalError("INSERT INTO runs", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(cli, "app", locked)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 1 and error.count("\n") == 1 and "Traceback" not in error
+    assert error.startswith("error: ") and "parabench server start" in error
+    assert "MLFLOW_TRACKING_URI" in error
 
 
 @pytest.mark.slow
-def test_two_promotes_at_once_leave_one_champion_the_better_model(
-    validated_project: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
-) -> None:
-    swept = Path(shutil.copytree(swept_folder(validated_project, tmp_path_factory), tmp_path / "project"))
-    raw = yaml.safe_load((swept / "params.yaml").read_text(encoding="utf-8"))
-    raw["promote"]["name_prefix"] = "race-"  # registered models nobody promoted to yet
-    (swept / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+def test_two_promotes_at_once_leave_one_champion_the_better_model(swept_root: Path, tmp_path: Path) -> None:
+    # registered models nobody promoted to yet
+    swept = copy_project(swept_root, tmp_path / "project", promote={"name_prefix": "race-"})
     with project_env(swept) as params:
         env = run_env(swept / "params.yaml", f"sqlite:///{swept / 'mlflow.db'}", params.mlflow.experiment)
         outcome = concurrent_promotes(env, list(SWEPT_MODELS), "race-")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -198,9 +200,13 @@ def test_require_validated_returns_the_data_version(validated_params: Params) ->
 
 def test_data_version_is_the_hash_dvc_records_for_the_processed_folder(validated_copy: Params) -> None:
     processed = validated_copy.path(validated_copy.data.processed_dir)
-    assert require_validated(validated_copy) == dvc_dir_md5(processed)
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=validated_copy.root, check=True)
+    subprocess.run([*dvc, "add", "-q", str(processed)], cwd=validated_copy.root, check=True)
+    recorded = yaml.safe_load(processed.with_suffix(".dvc").read_text(encoding="utf-8"))["outs"][0]["md5"]
+    assert require_validated(validated_copy) == dvc_dir_md5(processed) == recorded  # what DVC itself computes
     (validated_copy.root / "dvc.lock").write_text("schema: '2.0'\n", encoding="utf-8")
-    assert require_validated(validated_copy) == dvc_dir_md5(processed)
+    assert require_validated(validated_copy) == recorded
 
 
 def test_require_validated_refuses_without_a_result(project_params: Params) -> None:

@@ -5,7 +5,6 @@ seeds as one tracked, served, promotable-on-request model."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import TRAIN_OPTIONS, copy_project, invoke, project_env, runs_of
 from mlflow.entities import Run
-from test_sweep import TRAIN_OPTIONS, invoke, project_env, runs_of
 
+from parabench.common.names import FINAL_METRICS, VALIDATION_SCORE
 from parabench.config import Params
 from parabench.data.prepare import load_frames
-from parabench.tracking.client import FINAL_METRICS, VALIDATION_SCORE
 
 MEMBER, ENSEMBLE, STUDENT = "tiny-bert", "tiny-bert+ensemble", "tiny-distilbert"
 SEEDS = (13, 42)
@@ -34,12 +33,8 @@ PAIRS = pd.DataFrame(
 @pytest.fixture(scope="module")
 def project(validated_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Params]:
     """A validated copy with its own store, swept as a user would: the ensemble named before its members."""
-    folder = Path(shutil.copytree(validated_project, tmp_path_factory.mktemp("ensemble") / "project"))
-    params_file = folder / "params.yaml"
-    raw = yaml.safe_load(params_file.read_text(encoding="utf-8"))
-    raw["train"]["max_eval_samples"] = 96
-    params_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    with project_env(folder) as params:
+    destination = tmp_path_factory.mktemp("ensemble") / "project"
+    with project_env(copy_project(validated_project, destination, train={"max_eval_samples": 96})) as params:
         invoke("sweep", "--models", f"{ENSEMBLE},{MEMBER}", "--seeds", str(len(SEEDS)), *TRAIN_OPTIONS)
         yield params
 

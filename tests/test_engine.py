@@ -4,9 +4,8 @@ precision and gradient accumulation, an exact resume after kill -9 (also past a 
 
 from __future__ import annotations
 
-import json
+import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,13 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import copy_project, project_env
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from parabench.cli import app
-from parabench.config import PARAMS_ENV, Params, RunOptions, load_params
+from parabench.common.names import EPOCH_METRICS, FINAL_METRICS
+from parabench.config import Params, RunOptions
 from parabench.data.validate import require_validated
-from parabench.tracking.client import EPOCH_METRICS, FINAL_METRICS
 from parabench.training.plan import plan_run
 from parabench.training.run import RunSummary, train_and_track
 
@@ -32,13 +32,9 @@ RESUME_ARGS = ["--model", "tiny-bert", "--epochs", "3", "--max-train-samples", "
 @pytest.fixture(scope="module")
 def project(validated_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Params]:
     """A writable validated project with its own tracking store, evaluation capped to 96 pairs."""
-    folder = Path(shutil.copytree(validated_project, tmp_path_factory.mktemp("engine") / "project"))
-    text = (folder / "params.yaml").read_text(encoding="utf-8")
-    (folder / "params.yaml").write_text(text.replace("max_eval_samples: null", "max_eval_samples: 96"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(PARAMS_ENV, str(folder / "params.yaml"))
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
-        yield load_params(folder / "params.yaml")
+    destination = tmp_path_factory.mktemp("engine") / "project"
+    with project_env(copy_project(validated_project, destination, train={"max_eval_samples": 96})) as params:
+        yield params
 
 
 def client() -> MlflowClient:
@@ -167,8 +163,11 @@ def test_bf16_autocast_runs_on_the_cpu(project: Params) -> None:
     summary = train(project, mixed_precision="bf16", seed=4)
     params = client().get_run(summary.run_id).data.params
     assert params["mixed_precision"] == "bf16" and params["hardware_device"] == "cpu"
-    assert 0.0 <= summary.metrics["test_accuracy"] <= 1.0
-    assert json.loads(json.dumps(summary.metrics))  # every metric is a plain number
+    assert all(isinstance(value, float | int) and math.isfinite(value) for value in summary.metrics.values())
+    fp32 = train(project, mixed_precision="no", seed=4)
+    bf16_curve = client().get_metric_history(summary.run_id, "train_loss")
+    fp32_curve = client().get_metric_history(fp32.run_id, "train_loss")
+    assert [m.value for m in bf16_curve] != [m.value for m in fp32_curve]  # the forward ran in bf16
 
 
 def test_system_metrics_are_recorded(project: Params, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,7 +182,7 @@ def test_a_7b_model_on_a_cpu_machine_is_refused_at_once(project: Params) -> None
     result = CliRunner().invoke(app, ["train", "--model", "meta-llama/Llama-2-7b-hf"])
     assert result.exit_code == 1
     assert "trains only on a CUDA GPU" in result.output and "GB" in result.output
-    assert time.perf_counter() - started < 10
+    assert time.perf_counter() - started < 20  # refused before any weights load, even on a loaded machine
     four_bit = CliRunner().invoke(app, ["train", "--model", "tiny-llama", "--load-in-4bit", "true"])
     assert four_bit.exit_code == 1 and "needs a CUDA GPU" in four_bit.output
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from helpers import SWEPT_MODELS, invoke
 from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
-from test_sweep import SWEPT_MODELS, invoke, swept  # noqa: F401
 
 import parabench
 from parabench.config import Params, ServeParams, load_params
@@ -44,7 +44,7 @@ from parabench.serving.pyfunc import (
 
 MODEL_URI = "models:/parabench-small@champion"
 SERVER_START_S = 180
-REFUSED_WITHIN_S = 5  # "well under a second" measured by hand; generous on a busy test machine
+REFUSED_WITHIN_S = 20  # "well under a second" measured by hand; only a hang fails it on a loaded machine
 # The load test's malformed and oversized bodies: (expected status, a piece of the expected message)
 BAD_REQUESTS = {
     "missing field": (400, "sentence2"),
@@ -61,10 +61,10 @@ BAD_REQUESTS = {
 
 
 @pytest.fixture(scope="module")
-def champion(swept: Params) -> Params:  # noqa: F811
+def champion(swept_module_copy: Params) -> Params:
     """The swept project once `parabench promote` made a champion of the small class."""
     invoke("promote", "--models", ",".join(SWEPT_MODELS))
-    return swept
+    return swept_module_copy
 
 
 def predicted(output: str) -> pd.DataFrame:

@@ -15,15 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import invoke, project_env
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from test_sweep import invoke, project_env
 
 from parabench.checks.sandbox import PARABENCH, copy_project
 from parabench.checks.sandbox import project_env as subprocess_env
 from parabench.config import Params, load_params
-from parabench.models.tiny import build_tiny
-from parabench.models.zoo import get_spec
+from parabench.models.zoo import get_spec, resolve_weights
 
 pytestmark = pytest.mark.slow  # Ray, a tracking server and trainings in worker processes
 
@@ -112,7 +111,7 @@ def test_ray_sweep_runs_every_seed_side_by_side_and_a_rerun_adds_none(ray_projec
 def test_a_failing_run_is_tried_again_then_reported_while_the_others_finish(
     ray_project: Params, tmp_path: Path
 ) -> None:
-    broken = Path(shutil.copytree(build_tiny(get_spec("tiny-bert"), ray_project), tmp_path / "broken"))
+    broken = Path(shutil.copytree(resolve_weights(get_spec("tiny-bert"), ray_project), tmp_path / "broken"))
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # a half-copied weights file
     args = ["sweep", "--engine", "ray", "--models", f"tiny-electra,{broken}", "--seeds", "1", *TRAIN_OPTIONS]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import copy_project
 from mlflow.tracking import MlflowClient
 
 from parabench.config import PARAMS_ENV
@@ -22,7 +22,7 @@ TRAIN = ["train", "--model", "tiny-bert", "--epochs", "30", "--max-train-samples
 
 @pytest.fixture
 def project(validated_project: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    folder = Path(shutil.copytree(validated_project, tmp_path / "project"))
+    folder = copy_project(validated_project, tmp_path / "project")
     env = {
         **os.environ,
         PARAMS_ENV: str(folder / "params.yaml"),

@@ -13,9 +13,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import SWEPT_MODELS, TRAIN_OPTIONS, client_for, invoke, project_env, runs_of
 from mlflow.entities import Run
 from scipy import stats
-from test_sweep import SWEPT_MODELS, TRAIN_OPTIONS, client_for, invoke, project_env, runs_of, swept  # noqa: F401
 
 from parabench.common.files import write_json
 from parabench.common.names import SCORE_METRICS
@@ -32,7 +32,7 @@ from parabench.training.plan import tuned_recipe_file
 
 
 @pytest.fixture(scope="module")
-def settings(swept: Params) -> ReportSettings:  # noqa: F811
+def settings(swept: Params) -> ReportSettings:
     """The report's settings, after `parabench report` ran as the README says, with no --models: it covers
     every model swept on the data version (params.yaml sweep.models names only all-MiniLM-L6-v2)."""
     assert list(swept.sweep.models) == ["all-MiniLM-L6-v2"]
@@ -63,7 +63,7 @@ def predictions(run: Run) -> pd.DataFrame:
         return pd.read_csv(path)
 
 
-def test_means_stds_and_intervals_equal_a_hand_computation(swept: Params, table: pd.DataFrame) -> None:  # noqa: F811
+def test_means_stds_and_intervals_equal_a_hand_computation(swept: Params, table: pd.DataFrame) -> None:
     for model in SWEPT_MODELS:
         runs = list(finished_by_seed(swept, model).values())
         row = table.loc[model]
@@ -84,7 +84,7 @@ def test_means_stds_and_intervals_equal_a_hand_computation(swept: Params, table:
         assert row["best_validation_run_id"] == best.info.run_id
 
 
-def test_collapsed_seeds_are_the_ones_a_hand_check_flags(swept: Params, table: pd.DataFrame) -> None:  # noqa: F811
+def test_collapsed_seeds_are_the_ones_a_hand_check_flags(swept: Params, table: pd.DataFrame) -> None:
     for model in SWEPT_MODELS:
         expected = sorted(
             seed
@@ -113,7 +113,7 @@ def test_markdown_json_and_plots_are_written(settings: ReportSettings, table: pd
         assert (settings.plots_dir / name).read_bytes().startswith(b"\x89PNG")
 
 
-def test_the_report_is_logged_as_a_report_run(swept: Params, settings: ReportSettings) -> None:  # noqa: F811
+def test_the_report_is_logged_as_a_report_run(swept: Params, settings: ReportSettings) -> None:
     client, experiment_id = client_for(swept)
     runs = client.search_runs([experiment_id], "tags.stage = 'report'")
     assert runs and runs[0].info.status == "FINISHED"
@@ -127,7 +127,7 @@ def as_split(frame: pd.DataFrame):
     return split_predictions(frame["idx"], frame["probability"], frame["predicted_label"], frame["label"])
 
 
-def test_mcnemar_compares_the_best_validation_seeds(swept: Params, table: pd.DataFrame) -> None:  # noqa: F811
+def test_mcnemar_compares_the_best_validation_seeds(swept: Params, table: pd.DataFrame) -> None:
     first, second = (
         predictions(finished_by_seed(swept, m)[table.loc[m, "best_validation_seed"]]) for m in SWEPT_MODELS
     )
@@ -152,7 +152,7 @@ def test_pareto_front_keeps_the_undominated_points() -> None:
 
 
 def test_the_papers_numbers_stand_beside_ours(
-    swept: Params,  # noqa: F811
+    swept: Params,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = ReportSettings.from_params(swept)
@@ -167,14 +167,14 @@ def test_the_papers_numbers_stand_beside_ours(
     assert cells[-4:-2] == ["84.87", f"{row['diff_test_accuracy']:+.2f}"]
 
 
-def test_no_sweep_is_a_one_line_error(swept: Params) -> None:  # noqa: F811
+def test_no_sweep_is_a_one_line_error(swept: Params) -> None:
     result = invoke("report", "--models", "tiny-bert", exit_code=1)
     assert "run `parabench sweep` first" in result.output
 
 
 @pytest.mark.slow
 def test_a_second_recipe_is_compared_and_the_default_recipe_fills_the_tables(
-    swept: Params,  # noqa: F811
+    swept: Params,
     tmp_path: Path,
 ) -> None:
     folder = Path(shutil.copytree(swept.root, tmp_path / "project"))
@@ -202,7 +202,7 @@ def test_a_second_recipe_is_compared_and_the_default_recipe_fills_the_tables(
 
 
 def test_study_rows_the_pareto_front_and_a_test_over_seeds_are_reported(
-    swept: Params,  # noqa: F811
+    swept: Params,
     settings: ReportSettings,
     table: pd.DataFrame,
 ) -> None:

@@ -5,7 +5,6 @@ machines."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import uuid
@@ -14,7 +13,7 @@ from typing import Any
 
 import mlflow
 import pytest
-from test_sweep import SWEPT_MODELS, SWEPT_SEEDS, client_for, invoke, project_env, runs_of, swept  # noqa: F401
+from helpers import SWEPT_MODELS, SWEPT_SEEDS, client_for, invoke, runs_of
 
 from parabench.common.names import FINAL_METRICS, SPLITS
 from parabench.config import Params
@@ -33,14 +32,6 @@ def resealed(record: ResultRecord, **changes: Any) -> ResultRecord:
     return seal({**fields, "run_id": uuid.uuid4().hex, **changes})
 
 
-@pytest.fixture
-def swept_copy(swept: Params, tmp_path: Path) -> Params:  # noqa: F811
-    """A private copy of the session's swept project (store and records) to change."""
-    folder = Path(shutil.copytree(swept.root, tmp_path / "project"))
-    with project_env(folder) as params:
-        yield params
-
-
 def fresh_store(params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point the project at a new, empty tracking store (as on a fresh clone)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{params.root / f'{uuid.uuid4().hex}.db'}")
@@ -53,7 +44,7 @@ def records_only(swept_copy: Params, monkeypatch: pytest.MonkeyPatch) -> Params:
     return swept_copy
 
 
-def test_every_finished_run_wrote_one_record_that_matches_its_run(swept: Params) -> None:  # noqa: F811
+def test_every_finished_run_wrote_one_record_that_matches_its_run(swept: Params) -> None:
     records = {record.run_id: record for record in records_of(swept)}
     for model in SWEPT_MODELS:
         runs = [r for r in runs_of(swept, model) if r.info.status == "FINISHED" and "seed" in r.data.tags]
@@ -216,7 +207,7 @@ def test_the_same_command_on_the_same_machine_gives_bit_identical_numbers(valida
     assert first.predictions == second.predictions
 
 
-def test_read_record_checks_the_hash_of_a_record_it_wrote(swept: Params, tmp_path: Path) -> None:  # noqa: F811
+def test_read_record_checks_the_hash_of_a_record_it_wrote(swept: Params, tmp_path: Path) -> None:
     [record, *_] = records_of(swept)
     path = write_record(tmp_path, record)
     assert read_record(path) == record

@@ -1,87 +1,28 @@
-"""`parabench sweep` as users run it, on tiny models: a parent run per model, a nested run per seed, and
-resuming (finished seeds skipped, failed ones run again under the same parent).
-
-The swept project built here is shared by test_report, test_promote and test_predict_serve: one sweep per
-session (two small-class tiny models x two seeds, one epoch on 32 pairs, evaluation on 96 pairs)."""
+"""`parabench sweep` as users run it, on tiny models (the session's sweep, conftest `swept`): a parent run
+per model, a nested run per seed, and resuming (finished seeds skipped, failed ones run again under the same
+parent)."""
 
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from helpers import (
+    SWEPT_MODELS,
+    SWEPT_SEEDS,
+    client_for,
+    copy_project,
+    invoke,
+    project_env,
+    runs_of,
+    sweep_args,
+)
 from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
-from typer.testing import CliRunner, Result
 
-from parabench.cli import app
-from parabench.config import PARAMS_ENV, ParabenchError, Params, load_params
+from parabench.config import ParabenchError, Params
 from parabench.study.sweep import parse_models, parse_seeds
-from parabench.tracking import client as tracking
-
-SWEPT_MODELS = ("tiny-distilbert", "tiny-electra")
-SWEPT_SEEDS = (13, 42)
-TRAIN_OPTIONS = ("--epochs", "1", "--max-train-samples", "32")
-EVAL_SAMPLES = 96
-_SWEPT_FOLDER: dict[str, Path] = {}
-
-
-def invoke(*args: str, exit_code: int = 0) -> Result:
-    """Run `parabench ARGS` in-process, asserting its exit code."""
-    result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == exit_code, result.output
-    return result
-
-
-def sweep_args(models: tuple[str, ...] = SWEPT_MODELS) -> list[str]:
-    return ["sweep", "--models", ",".join(models), "--seeds", str(len(SWEPT_SEEDS)), *TRAIN_OPTIONS]
-
-
-@contextmanager
-def project_env(folder: Path) -> Iterator[Params]:
-    """$PARABENCH_PARAMS and $MLFLOW_TRACKING_URI pointing at the project while the block runs."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(PARAMS_ENV, str(folder / "params.yaml"))
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
-        yield load_params(folder / "params.yaml")
-
-
-def swept_folder(validated_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Once per session: a copy of the validated project with its own tracking store, swept by the CLI."""
-    if "folder" not in _SWEPT_FOLDER:
-        folder = Path(shutil.copytree(validated_project, tmp_path_factory.mktemp("swept") / "project"))
-        params_file = folder / "params.yaml"
-        raw = yaml.safe_load(params_file.read_text(encoding="utf-8"))
-        raw["train"]["max_eval_samples"] = EVAL_SAMPLES
-        params_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-        with project_env(folder):
-            invoke(*sweep_args())
-        _SWEPT_FOLDER["folder"] = folder
-    return _SWEPT_FOLDER["folder"]
-
-
-@pytest.fixture(scope="module")
-def swept(validated_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Params]:
-    """The session's swept project, with the environment pointing at it for the module's tests."""
-    with project_env(swept_folder(validated_project, tmp_path_factory)) as params:
-        yield params
-
-
-def client_for(params: Params) -> tuple[MlflowClient, str]:
-    """A client on the project's tracking store and the experiment's id."""
-    experiment_id = tracking.configure(params)
-    return MlflowClient(), experiment_id
-
-
-def runs_of(params: Params, model: str) -> list[Run]:
-    """Every run tagged with the model (parents, children, any status)."""
-    client, experiment_id = client_for(params)
-    return client.search_runs([experiment_id], f"tags.model = '{model}'", max_results=1000)
 
 
 def parent_and_children(params: Params, model: str) -> tuple[Run, list[Run]]:
@@ -118,7 +59,7 @@ def test_a_parent_per_model_holds_a_finished_child_per_seed(swept: Params) -> No
 
 def test_rerun_skips_finished_seeds_and_reruns_only_a_failed_one(swept: Params, tmp_path: Path) -> None:
     model = SWEPT_MODELS[0]
-    with project_env(Path(shutil.copytree(swept.root, tmp_path / "project"))) as params:
+    with project_env(copy_project(swept.root, tmp_path / "project")) as params:
         before = {run.info.run_id for run in runs_of(params, model)}
         output = invoke(*sweep_args((model,))).output
         assert all(f"{model} seed {seed}: skipped" in output for seed in SWEPT_SEEDS)

@@ -20,11 +20,12 @@ from mlflow.tracking import MlflowClient
 
 from parabench.checks.sandbox import PARABENCH, copy_project, last_lines, project_env
 from parabench.common.files import write_json, write_text
+from parabench.common.names import EPOCH_METRICS, FINAL_METRICS
 from parabench.common.tables import markdown_table
 from parabench.config import PARAMS_ENV, ParabenchError, Params, load_params
 from parabench.serving.loadtest import load, serving
 from parabench.tracking import server as tracking_server
-from parabench.tracking.client import EPOCH_METRICS, FINAL_METRICS, ORPHANED_TAG
+from parabench.tracking.client import ORPHANED_TAG
 
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:

@@ -17,7 +17,6 @@ from parabench.models.hub import LABELS, quiet_transformers
 
 if TYPE_CHECKING:
     from parabench.config import Params
-    from parabench.models.zoo import ModelSpec
 
 # What every tiny config shares: the MiniLM vocabulary and its [PAD] id, and the two MRPC labels.
 SHARED_CONFIG: dict[str, Any] = {
@@ -29,14 +28,10 @@ SHARED_CONFIG: dict[str, Any] = {
 RECIPE_FILE = "parabench-tiny.json"
 
 
-def tiny_folder(spec: ModelSpec, params: Params) -> Path:
-    """Where the tiny model lives: <params tiny.dir>/<key> (a baseline's: its encoder's)."""
-    return params.path(params.tiny.dir) / (spec.encoder or spec.key)
-
-
-def tiny_recipe(spec: ModelSpec, params: Params) -> dict[str, Any]:
-    """Everything the built weights depend on; a folder built from another recipe is rebuilt."""
-    return {"seed": params.tiny.seed, **spec.tiny}
+def tiny_recipe(config: dict[str, Any], params: Params) -> dict[str, Any]:
+    """Everything the built weights depend on (the zoo entry's tiny config and the seed); a folder built from
+    another recipe is rebuilt."""
+    return {"seed": params.tiny.seed, **config}
 
 
 def is_built(folder: Path, recipe: dict[str, Any]) -> bool:
@@ -78,14 +73,15 @@ def swap_in(built: Path, target: Path, scratch: Path, recipe: dict[str, Any]) ->
             raise
 
 
-def build_tiny(spec: ModelSpec, params: Params) -> Path:
-    """The tiny model's folder, built (atomically: temp folder, then rename) unless already current."""
-    target = tiny_folder(spec, params)
-    recipe = tiny_recipe(spec, params)
+def build_tiny(name: str, config: dict[str, Any], params: Params) -> Path:
+    """The tiny model `name` (from its zoo entry's tiny config) in <params tiny.dir>/<name>, built
+    (atomically: temp folder, then rename) unless already current."""
+    target = params.path(params.tiny.dir) / name
+    recipe = tiny_recipe(config, params)
     if is_built(target, recipe):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{spec.key}-"))
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
     try:
         write_tiny(recipe, scratch / "model")
         swap_in(scratch / "model", target, scratch, recipe)

@@ -190,7 +190,7 @@ def resolve_weights(spec: ModelSpec, params: Params) -> Path | str:
     """Where from_pretrained should load the model from: a local folder, or the Hub id when the Hub answers.
     Tiny models are built on first use; a Hub model not cached and not reachable fails within seconds."""
     if spec.is_tiny:
-        return build_tiny(spec, params)
+        return build_tiny(spec.encoder or spec.key, spec.tiny, params)
     if spec.is_embedded:
         return embedded_path(spec.embedded_name or "")
     if spec.is_local:

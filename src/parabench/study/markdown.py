@@ -4,15 +4,13 @@ Pareto fronts, paired tests, recipes compared, collapsed seeds)."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from parabench.common.names import SCORE_METRICS
 from parabench.common.tables import markdown_table
 from parabench.models.zoo import study_models
+from parabench.study.report_data import Report, ReportSettings
 from parabench.study.statistics import class_order, pareto_front
-
-if TYPE_CHECKING:
-    from parabench.study.report import Report, ReportSettings
 
 MISSING = "n/a"
 TABLE_COLUMNS = (

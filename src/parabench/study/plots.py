@@ -4,16 +4,13 @@ accuracy per epoch (from the records' curves)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from parabench.models.zoo import study_models
 from parabench.results.groups import SeedGroup
 from parabench.study.statistics import class_order, pareto_front
-
-if TYPE_CHECKING:
-    from parabench.study.report import ReportSettings
 
 
 def new_figure(columns: int = 1, width: float = 7.0, height: float = 4.5) -> tuple[Any, Any]:
@@ -135,14 +132,14 @@ def plot_validation_curves(groups: list[SeedGroup], path: Path) -> Path:
 
 
 def write_plots(
-    rows: list[dict[str, Any]], groups: list[SeedGroup], folder: Path, settings: ReportSettings
+    rows: list[dict[str, Any]], groups: list[SeedGroup], folder: Path, paper_hardware: str
 ) -> list[Path]:
     """Every plot of the report, into the folder."""
     paths = []
     for size_class in class_order(row["size_class"] for row in rows):
         mine = [row for row in rows if row["size_class"] == size_class]
         paths.append(plot_tradeoff(mine, size_class, folder / f"tradeoff_{size_class}.png"))
-    paths.append(plot_front(rows, settings.paper_hardware, folder / "tradeoff_all.png"))
+    paths.append(plot_front(rows, paper_hardware, folder / "tradeoff_all.png"))
     collapsed = {row["model"]: {int(s) for s in row["collapsed_seeds"].split(",") if s} for row in rows}
     paths.append(plot_seed_spread(groups, collapsed, folder / "seed_spread.png"))
     paths.append(plot_validation_curves(groups, folder / "validation_curves.png"))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,10 @@ from parabench.common.names import SCORE_METRICS, VALIDATION_SCORE
 from parabench.config import Params
 from parabench.models.zoo import paper_numbers
 from parabench.results.groups import SeedGroup, mean_std
-from parabench.results.record import ResultRecord
 from parabench.results.store import all_records
 from parabench.study import plots
 from parabench.study.markdown import markdown
+from parabench.study.report_data import ModelResult, Report, ReportSettings
 from parabench.study.statistics import class_order, collapse_reason, interval, mcnemar_exact, paired_seed_test
 from parabench.study.sweep import groups_by_model, named
 from parabench.tracking import client as tracking
@@ -40,61 +39,6 @@ INTERVAL_METRICS = ("test_accuracy", "test_f1")
 REPORT_RUN_TAGS = {"stage": "report"}
 MISSING = "n/a"
 RECIPE_PARAMS = ("learning_rate", "warmup_ratio", "epochs", "batch_size", "weight_decay", "select_best_epoch")
-
-
-@dataclass(frozen=True)
-class ReportSettings:
-    """params.yaml `report:`: where the outputs go and the thresholds of the statistics."""
-
-    results_md: Path
-    results_csv: Path
-    results_json: Path
-    plots_dir: Path
-    confidence: float
-    significance_level: float
-    paper_hardware: str
-    majority_rate: float
-    collapse_margin: float
-
-    @classmethod
-    def from_params(cls, params: Params) -> ReportSettings:
-        values = params.report.model_dump()
-        return cls(
-            **{
-                f.name: params.path(values[f.name]) if f.type == "Path" else values[f.name]
-                for f in fields(cls)
-            }
-        )
-
-
-@dataclass(frozen=True)
-class ModelResult:
-    """One model's group of seeds in the tables, and its seeds that collapsed (seed → why)."""
-
-    group: SeedGroup
-    collapsed: dict[int, str]
-
-    @property
-    def best_seed(self) -> int:
-        return self.group.best_seed
-
-    @property
-    def best(self) -> ResultRecord:
-        return self.group.runs[self.best_seed]
-
-
-@dataclass(frozen=True)
-class Report:
-    """The table rows, throughput per hardware, the paired tests, the recipes compared, the data version they
-    are on, and the files written."""
-
-    rows: list[dict[str, Any]]
-    throughput: list[dict[str, Any]]
-    tests: list[dict[str, Any]]
-    data_version: str
-    recipes: list[dict[str, Any]] = field(default_factory=list)
-    collapsed: list[str] = field(default_factory=list)
-    paths: list[Path] = field(default_factory=list)
 
 
 def difference(ours: float, theirs: float | None) -> float:
@@ -266,7 +210,9 @@ def write_outputs(report: Report, results: list[ModelResult], settings: ReportSe
         write_text(settings.results_csv, pd.DataFrame(report.rows).to_csv(index=False)),
         write_text(settings.results_json, json_text + "\n"),
     ]
-    return paths + plots.write_plots(report.rows, [r.group for r in results], settings.plots_dir, settings)
+    return paths + plots.write_plots(
+        report.rows, [r.group for r in results], settings.plots_dir, settings.paper_hardware
+    )
 
 
 def log_report_run(report: Report, settings: ReportSettings) -> str:

@@ -37,9 +37,9 @@ from parabench.data.validate import require_validated
 from parabench.study import cluster
 from parabench.study.cluster import WorkerEnv
 from parabench.tracking import client as tracking
-from parabench.training.engine import EpochResult
 from parabench.training.plan import RunPlan, pick, plan_run, tuned_recipe_file
 from parabench.training.run import train_and_track
+from parabench.training.state import EpochResult
 
 TUNE_TAG = "tune"
 TUNE_PARENT_TAG = "tune_parent"

@@ -1,5 +1,5 @@
 """Checkpoints for an exact resume: accelerate's `save_state` (model, optimizer, scheduler, every RNG) plus
-parabench's own training state (epoch, position in the epoch, batch order, results so far, best weights).
+parabench's own training state (`state.TrainingState`).
 
 A checkpoint is written into a temporary folder and renamed into place once whole, with a manifest of its
 files' SHA-256 written last; a checkpoint without a manifest, or whose files do not match it, is skipped on
@@ -12,60 +12,22 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from parabench.common.files import sha256_file, write_json
+from parabench.training.state import TrainingState
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
-
-    from parabench.training.engine import EpochResult, FineTuneResult
 
 KEEP = 2
 MANIFEST = "manifest.json"
 STATE_FILE = "training_state.json"
 BEST_WEIGHTS = "best_weights.safetensors"
 RUN_FILE = "run.json"
-
-
-@dataclass
-class TrainingState:
-    """Where training stands: the next epoch and the micro-batches of it already run, the batch order's
-    RNG state at that epoch's start, the results so far, and the best epoch's weights (best-epoch recipes)."""
-
-    epoch: int
-    step: int
-    epoch_rng_state: dict[str, Any]
-    epoch_losses: list[float] = field(default_factory=list)
-    epoch_seconds: float = 0.0
-    results: list[dict[str, Any]] = field(default_factory=list)
-    train_seconds: float = 0.0
-    train_samples: int = 0
-    best_epoch: int = 0
-    best_validation_accuracy: float = -1.0
-    best_weights: dict[str, torch.Tensor] | None = None
-
-    @classmethod
-    def start(cls, rng: np.random.Generator) -> TrainingState:
-        return cls(epoch=1, step=0, epoch_rng_state=rng.bit_generator.state)
-
-    def finish_epoch(self, rng: np.random.Generator, epoch: EpochResult, result: FineTuneResult) -> None:
-        """Record a finished epoch; the next one starts at step 0 with the batch order where `rng` stands."""
-        self.results.append(asdict(epoch))
-        self.epoch, self.step, self.epoch_losses, self.epoch_seconds = epoch.epoch + 1, 0, [], 0.0
-        self.epoch_rng_state = rng.bit_generator.state
-        self.train_seconds, self.train_samples = result.train_seconds, result.train_samples
-        self.best_epoch, self.best_validation_accuracy = result.best_epoch, result.best_validation_accuracy
-
-    def document(self) -> dict[str, Any]:
-        values = asdict(self)
-        values.pop("best_weights")
-        return values
 
 
 class Checkpoints:
@@ -145,8 +107,7 @@ class Checkpoints:
 
     @staticmethod
     def read_state(path: Path) -> TrainingState:
-        values = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-        state = TrainingState(**values)
+        state = TrainingState.from_document(json.loads((path / STATE_FILE).read_text(encoding="utf-8")))
         if (path / BEST_WEIGHTS).is_file():
             from safetensors.torch import load_file
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,8 +24,9 @@ from transformers import PreTrainedModel, get_scheduler
 from parabench.common.progress import progress
 from parabench.config import ConfigError, Recipe
 from parabench.models.inference import TEACHER_LOGITS, EncodedSplit, collate, model_inputs, predict
-from parabench.training.checkpoints import Checkpoints, TrainingState
+from parabench.training.checkpoints import Checkpoints
 from parabench.training.metrics import classification_metrics
+from parabench.training.state import EpochResult, TrainingState
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -33,35 +34,6 @@ if TYPE_CHECKING:
 # Batches are drawn from windows of this many batches sorted by length: little padding, still shuffled.
 LENGTH_GROUP_WINDOW = 50
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
-
-
-@dataclass(frozen=True)
-class EpochResult:
-    epoch: int
-    train_loss: float
-    validation_accuracy: float
-    validation_f1: float
-    seconds: float
-
-
-@dataclass
-class FineTuneResult:
-    epochs: list[EpochResult] = field(default_factory=list)
-    train_seconds: float = 0.0
-    train_samples: int = 0
-    best_epoch: int = 0
-    best_validation_accuracy: float = -1.0
-    select_best_epoch: bool = False
-    resumed_from: str | None = None  # the checkpoint the run went on from, if any
-
-    @property
-    def kept_epoch(self) -> int:
-        """The epoch whose weights the model ends with."""
-        return self.best_epoch if self.select_best_epoch else len(self.epochs)
-
-    @property
-    def train_samples_per_second(self) -> float:
-        return self.train_samples / self.train_seconds if self.train_seconds else 0.0
 
 
 @dataclass(frozen=True)
@@ -255,7 +227,7 @@ def fine_tune(
     checkpoints: Checkpoints | None = None,
     on_epoch_end: Callable[[EpochResult], None] = lambda _: None,
     log: Callable[[str], None] = print,
-) -> tuple[PreTrainedModel, FineTuneResult]:
+) -> tuple[PreTrainedModel, TrainingState]:
     """Fine-tune `model` on `train` with the recipe, validating after each epoch; returns the trained model
     (unwrapped) and the per-epoch results. With `checkpoints`, the full training state is saved after every
     epoch (and every settings.checkpoint_every_steps optimizer steps) and, when one is there, training goes
@@ -269,16 +241,12 @@ def fine_tune(
     optimizer, scheduler = build_optimizer(model, recipe, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    state = TrainingState.start(np.random.default_rng(seed))
-    result = FineTuneResult(select_best_epoch=recipe.select_best_epoch)
+    state = TrainingState.start(np.random.default_rng(seed), recipe.select_best_epoch)
     if checkpoints is not None:
         restored = checkpoints.restore(accelerator, log)
         if restored is not None:
-            state, result.resumed_from = restored
-            log(f"resumed from checkpoint {result.resumed_from}: epoch {state.epoch}, step {state.step}")
-    result.epochs = [EpochResult(**values) for values in state.results]
-    result.train_seconds, result.train_samples = state.train_seconds, state.train_samples
-    result.best_epoch, result.best_validation_accuracy = state.best_epoch, state.best_validation_accuracy
+            state, state.resumed_from = restored
+            log(f"resumed from checkpoint {state.resumed_from}: epoch {state.epoch}, step {state.step}")
 
     def save(step: int, losses: list[float], epoch_seconds: float) -> None:
         if checkpoints is not None:
@@ -317,8 +285,6 @@ def fine_tune(
             Distillation.of(recipe),
         )
         seconds = earlier + time.perf_counter() - started
-        result.train_seconds += seconds
-        result.train_samples += len(train)
         trained = accelerator.unwrap_model(model)
         validation_predictions = predict(trained, validation, eval_batch_size, pad_token_id, accelerator)
         scores = classification_metrics(validation.labels, validation_predictions.labels)
@@ -326,21 +292,18 @@ def fine_tune(
             torch.tensor(float(np.mean(losses)), device=accelerator.device), "mean"
         )
         epoch_result = EpochResult(epoch, float(mean_loss), scores["accuracy"], scores["f1"], seconds)
-        result.epochs.append(epoch_result)
         log(
             f"epoch {epoch}/{recipe.epochs}: train_loss {epoch_result.train_loss:.4f}  "
             f"validation_accuracy {epoch_result.validation_accuracy:.4f}  "
             f"validation_f1 {epoch_result.validation_f1:.4f}  ({epoch_result.seconds:.0f} s)"
         )
         on_epoch_end(epoch_result)
-        if recipe.select_best_epoch and epoch_result.validation_accuracy > result.best_validation_accuracy:
-            result.best_epoch, result.best_validation_accuracy = epoch, epoch_result.validation_accuracy
+        if state.finish_epoch(rng, epoch_result, len(train)):
             state.best_weights = {name: t.detach().clone() for name, t in trained.state_dict().items()}
-        state.finish_epoch(rng, epoch_result, result)
         save(0, [], 0.0)
 
     trained = accelerator.unwrap_model(model)
-    if recipe.select_best_epoch and result.best_epoch != recipe.epochs and state.best_weights is not None:
+    if recipe.select_best_epoch and state.best_epoch != recipe.epochs and state.best_weights is not None:
         trained.load_state_dict(state.best_weights)
-        log(f"kept epoch {result.best_epoch}'s weights (best validation accuracy)")
-    return trained, result
+        log(f"kept epoch {state.best_epoch}'s weights (best validation accuracy)")
+    return trained, state

@@ -26,9 +26,10 @@ from parabench.models.zoo import (
 from parabench.serving.pyfunc import RequestLimits, log_paraphrase_model
 from parabench.tracking import client as tracking
 from parabench.training.checkpoints import Checkpoints
-from parabench.training.engine import EpochResult, fine_tune, make_accelerator
+from parabench.training.engine import fine_tune, make_accelerator
 from parabench.training.kind import Fitted
 from parabench.training.plan import RunPlan
+from parabench.training.state import EpochResult
 from parabench.training.teacher import teacher_logits
 
 

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import torch
 
 from parabench.models.inference import Predictions
-from parabench.training.engine import EpochResult
+from parabench.training.state import EpochResult
 
 
 @dataclass(frozen=True)

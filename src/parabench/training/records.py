@@ -26,9 +26,9 @@ from parabench.results.record import (
 )
 from parabench.results.store import RECORD_ARTIFACT, RECORD_TAG
 from parabench.tracking import client as tracking
-from parabench.training.engine import EpochResult
 from parabench.training.kind import RunKind
 from parabench.training.plan import TRAINING_REVISION, RunPlan
+from parabench.training.state import EpochResult
 
 
 def hardware_of(device_type: str = "cpu") -> Hardware:

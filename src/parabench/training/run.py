@@ -21,13 +21,13 @@ from parabench.data.prepare import load_frames
 from parabench.data.validate import require_validated
 from parabench.tracking import client as tracking
 from parabench.training.baselines import Baseline
-from parabench.training.engine import EpochResult
 from parabench.training.ensemble import Ensemble
 from parabench.training.evaluation import log_evaluation_artifacts, split_metrics, subsample
 from parabench.training.finetune import FineTuning
 from parabench.training.kind import RunKind
 from parabench.training.plan import RunPlan
 from parabench.training.records import log_record, save_record
+from parabench.training.state import EpochResult
 
 
 @dataclass(frozen=True)
