@@ -16,12 +16,12 @@ from parabench.config import Params
 NAME = "parabench-small"
 
 
-@pytest.fixture(scope="module")
-def promoted(swept_module_copy: Params) -> MlflowClient:
+@pytest.fixture
+def promoted(swept_copy: Params) -> MlflowClient:
     """A client on the swept project's registry after one `parabench promote`."""
     output = invoke("promote").output  # no --models: every model swept on the data version competes
     assert f"{NAME}:" in output and "@champion" in output
-    return client_for(swept_module_copy)[0]
+    return client_for(swept_copy)[0]
 
 
 def champion(client: MlflowClient, alias: str = "champion") -> ModelVersion:
@@ -42,9 +42,9 @@ def validation_by_seed(params: Params, model: str) -> dict[int, float]:
 
 
 def test_the_best_mean_validation_model_is_champion_at_its_best_seed(
-    swept_module_copy: Params, promoted: MlflowClient
+    swept_copy: Params, promoted: MlflowClient
 ) -> None:
-    by_model = {model: validation_by_seed(swept_module_copy, model) for model in SWEPT_MODELS}
+    by_model = {model: validation_by_seed(swept_copy, model) for model in SWEPT_MODELS}
     means = {model: np.mean(list(values.values())) for model, values in by_model.items()}
     best = max(SWEPT_MODELS, key=lambda m: (means[m], -SWEPT_MODELS.index(m)))
     version = champion(promoted)
@@ -53,10 +53,10 @@ def test_the_best_mean_validation_model_is_champion_at_its_best_seed(
     assert float(tags["mean_validation_accuracy"]) == pytest.approx(means[best], abs=1e-6)
     assert int(tags["seed"]) == max(by_model[best], key=lambda s: (by_model[best][s], -s))
     assert tags["source_run_id"] == version.run_id
-    assert tags["data_version"] == runs_of(swept_module_copy, best)[0].data.tags["data_version"]
+    assert tags["data_version"] == runs_of(swept_copy, best)[0].data.tags["data_version"]
     assert {"std_validation_accuracy", "test_accuracy", "recipe_fingerprint"} <= set(tags)
     assert "previous" not in promoted.get_registered_model(NAME).aliases
-    state_file = swept_module_copy.path(swept_module_copy.promote.state_file)
+    state_file = swept_copy.path(swept_copy.promote.state_file)
     state = json.loads(state_file.read_text(encoding="utf-8"))
     assert [v["version"] for v in state[NAME] if "champion" in v["aliases"]] == [int(version.version)]
 
