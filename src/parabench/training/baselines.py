@@ -26,13 +26,13 @@ from parabench.data.prepare import load_frames
 from parabench.data.validate import require_validated
 from parabench.models.embeddings import Head, cosine, embed_pairs, load_encoder, pair_features
 from parabench.models.inference import Predictions, prepare_for_inference
-from parabench.models.zoo import count_parameters, model_size_mb, resolve_weights
+from parabench.models.zoo import check_max_length, count_parameters, model_size_mb, resolve_weights
 from parabench.serving.baseline import log_baseline_model
 from parabench.serving.pyfunc import RequestLimits
 from parabench.tracking import client as tracking
 from parabench.training.engine import set_seed
 from parabench.training.plan import RunPlan
-from parabench.training.records import log_record, save_record
+from parabench.training.records import log_record, require_record_folder, save_record
 from parabench.training.run import RunSummary, log_evaluation_artifacts, split_metrics, subsample
 
 # Fine-tuning settings a baseline does not have: left out of its logged parameters.
@@ -127,6 +127,8 @@ def track_baseline(
     settings = plan.baselines or params.baselines
     batch_size = settings.embed_batch_size or plan.eval_batch_size
     require_validated(params)
+    if plan.record:
+        require_record_folder(params)
     weights = resolve_weights(spec, params)
     if params.train.num_threads is not None:
         torch.set_num_threads(params.train.num_threads)
@@ -137,6 +139,7 @@ def track_baseline(
     labels = {split: frame["label"].to_numpy() for split, frame in frames.items()}
     set_seed(seed)
     tokenizer, encoder = load_encoder(weights, spec.key)
+    check_max_length(plan.max_length, spec.key, tokenizer, encoder)
     served = prepare_for_inference(encoder, plan.inference_path)
 
     def embed_split(frame: pd.DataFrame) -> Embedded:
@@ -203,7 +206,8 @@ def track_baseline(
             timings = {"fit_seconds": fit_seconds, "test_inference_seconds": predictions["test"].seconds}
             record = log_record(params, plan, "baseline", frames, predictions, final, timings=timings)
     if plan.record:
-        save_record(params, record, log)
+        with tracking.completing(run.info.run_id):
+            save_record(params, record, log)
     return RunSummary(run.info.run_id, experiment_id, spec.key, seed, final)
 
 

@@ -32,7 +32,7 @@ from parabench.serving.ensemble import log_ensemble_model
 from parabench.serving.pyfunc import RequestLimits
 from parabench.tracking import client as tracking
 from parabench.training.plan import RunPlan
-from parabench.training.records import log_record, save_record
+from parabench.training.records import log_record, require_record_folder, save_record
 from parabench.training.run import SPLITS, RunSummary, log_evaluation_artifacts, split_metrics, subsample
 
 # Settings of a fine-tuning loop an ensemble does not run: left out of its logged parameters.
@@ -79,6 +79,8 @@ def track_ensemble(
     frames["train"] = subsample(frames["train"], plan.max_train_samples, plan.seed)
     for split in ("validation", "test"):
         frames[split] = subsample(frames[split], plan.max_eval_samples, plan.seed)
+    if plan.record:
+        require_record_folder(params)
 
     with tempfile.TemporaryDirectory() as folder:
         log(
@@ -132,5 +134,6 @@ def track_ensemble(
                 timings = {"test_inference_seconds": predictions["test"].seconds}
                 record = log_record(params, plan, "ensemble", frames, predictions, final, timings=timings)
     if plan.record:
-        save_record(params, record, log)
+        with tracking.completing(run.info.run_id):
+            save_record(params, record, log)
     return RunSummary(run.info.run_id, experiment_id, spec.key, plan.seed, final)

@@ -21,6 +21,7 @@ from parabench.data.prepare import load_frames
 from parabench.data.validate import require_validated
 from parabench.models.inference import EncodedSplit, Predictions, encode_frame, predict, prepare_for_inference
 from parabench.models.zoo import (
+    check_max_length,
     count_parameters,
     load_tokenizer_and_model,
     merge_lora,
@@ -33,7 +34,7 @@ from parabench.training.checkpoints import Checkpoints
 from parabench.training.engine import EpochResult, fine_tune, make_accelerator, set_seed
 from parabench.training.metrics import classification_metrics
 from parabench.training.plan import RunPlan
-from parabench.training.records import log_record, save_record
+from parabench.training.records import log_record, require_record_folder, save_record
 from parabench.training.teacher import teacher_logits
 
 
@@ -104,6 +105,8 @@ def train_and_track(
 
         return track_ensemble(params, plan, log, nested, extra_tags, parent_run_id)
     require_validated(params)
+    if plan.record:
+        require_record_folder(params)
     weights = resolve_weights(spec, params)
     if params.train.num_threads is not None:
         torch.set_num_threads(params.train.num_threads)
@@ -120,6 +123,7 @@ def train_and_track(
         logits, teacher = teacher_logits(params, recipe.teacher, frames["train"], plan.data_version)
     set_seed(seed)
     tokenizer, model = load_tokenizer_and_model(spec, params, weights=weights, load_in_4bit=plan.load_in_4bit)
+    check_max_length(plan.max_length, spec.key, tokenizer, model)
     encoded = {split: encode_frame(tokenizer, frame, plan.max_length) for split, frame in frames.items()}
     if teacher:
         encoded["train"] = dataclasses.replace(encoded["train"], teacher_logits=logits)
@@ -216,7 +220,8 @@ def train_and_track(
                 )
         accelerator.wait_for_everyone()
     if main and plan.record:
-        save_record(params, record, say)
+        with tracking.completing(run.info.run_id):
+            save_record(params, record, say)
     if main and checkpoints is not None and not plan.keep_checkpoints:
         checkpoints.clear()
     run_id = run.info.run_id if main else ""
@@ -256,7 +261,10 @@ def evaluate_splits(
 ) -> tuple[dict[str, float], dict[str, Predictions]]:
     """Accuracy and F1 on every split; returns them with every split's predictions (timed, for throughput)."""
     predictions = {
-        split: predict(model, encoded[split], batch_size, pad_token_id, accelerator) for split in SPLITS
+        split: predict(model, encoded[split], batch_size, pad_token_id, accelerator).require_finite(
+            f"the trained model on the {split} split"
+        )
+        for split in SPLITS
     }
     labels = {split: encoded[split].labels for split in SPLITS}
     return split_metrics(labels, predictions, log), predictions
