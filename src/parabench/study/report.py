@@ -21,7 +21,7 @@ import mlflow
 import pandas as pd
 
 from parabench.common.errors import ParabenchError
-from parabench.common.files import write_text
+from parabench.common.files import require_writable, write_text
 from parabench.common.names import SCORE_METRICS, VALIDATION_SCORE
 from parabench.config import Params
 from parabench.models.zoo import paper_numbers
@@ -288,6 +288,9 @@ def build_report(
 ) -> Report:
     """Read every result record (results/ and the store), group them, and write every output."""
     settings = ReportSettings.from_params(params)
+    require_writable(
+        settings.results_md, settings.results_csv, settings.results_json, settings.plots_dir / "plot"
+    )
     experiment_id = tracking.configure(params)
     records = all_records(params, experiment_id)
     all_groups = groups_by_model(params, records, models, data_version)
