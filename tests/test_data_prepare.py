@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from parabench.cli import app
+from parabench.common.files import sha256_file
 from parabench.config import ParabenchError, Params
 from parabench.data.prepare import COLUMNS, SPLITS, load_frames, load_splits, prepare_splits
 
@@ -19,14 +20,16 @@ TRAIN, TEST, DEV_IDS = "msr_paraphrase_train.txt", "msr_paraphrase_test.txt", "m
 BOM = b"\xef\xbb\xbf"
 
 
-def install_raw(params: Params, shared: Path, edit: Callable[[str, bytes], bytes] | None = None) -> Path:
-    """Copy the raw files into params' raw folder, passing each file's bytes through `edit(name, data)`."""
+def install_raw(params: Params, shared: Path, edit: Callable[[str, bytes], bytes] | None = None) -> Params:
+    """Copy the raw files into params' raw folder, passing each file's bytes through `edit(name, data)`;
+    returns the params with data.sha256 giving the installed files' sums (prepare refuses any other)."""
     raw_dir = params.path(params.data.raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
     for name in (TRAIN, TEST, DEV_IDS):
         data = (shared / name).read_bytes()
         (raw_dir / name).write_bytes(edit(name, data) if edit else data)
-    return raw_dir
+    sums = {name: sha256_file(raw_dir / name) for name in (TRAIN, TEST, DEV_IDS)}
+    return params.model_copy(update={"data": params.data.model_copy(update={"sha256": sums})})
 
 
 def edit_line(data: bytes, number: int, change: Callable[[bytes], bytes]) -> bytes:
@@ -98,8 +101,8 @@ def mixed_line_endings(name: str, data: bytes) -> bytes:
 
 @pytest.mark.parametrize("edit", [crlf_no_bom, quotes_and_blank_lines, mixed_line_endings])
 def test_raw_format_variants_give_the_same_splits(project_params: Params, shared_mrpc: Path, edit) -> None:
-    install_raw(project_params, shared_mrpc, edit)
-    assert prepare_splits(project_params) == EXPECTED_SPLITS
+    params = install_raw(project_params, shared_mrpc, edit)
+    assert prepare_splits(params) == EXPECTED_SPLITS
     frames = load_frames(project_params.path(project_params.data.processed_dir))
     for frame in frames.values():
         for column in ("sentence1", "sentence2"):
@@ -107,8 +110,7 @@ def test_raw_format_variants_give_the_same_splits(project_params: Params, shared
 
 
 def test_quotes_stay_in_the_sentence(project_params: Params, shared_mrpc: Path) -> None:
-    install_raw(project_params, shared_mrpc, quotes_and_blank_lines)
-    prepare_splits(project_params)
+    prepare_splits(install_raw(project_params, shared_mrpc, quotes_and_blank_lines))
     train = load_frames(project_params.path(project_params.data.processed_dir))["train"]
     assert train.iloc[0]["sentence1"].startswith('"Amrozi')
     assert train.iloc[0]["sentence2"].startswith('"Referring')

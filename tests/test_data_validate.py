@@ -169,7 +169,7 @@ def test_happy_path_writes_result_and_data_docs(validated_params: Params, proces
     assert result["data_version"] == dvc_dir_md5(processed_dir) and result["data_version"].endswith(".dir")
     for split in ("train", "validation", "test"):
         assert result["files"][split]["sha256"] == sha256_file(processed_dir / f"{split}.parquet")
-        assert result["splits"][split] == {"success": True, "evaluated_expectations": 18, "failed": []}
+        assert result["splits"][split] == {"success": True, "evaluated_expectations": 19, "failed": []}
     index = validated_params.path(validated_params.validate.report_dir) / "gx" / "index.html"
     assert index.is_file() and "mrpc_validation" in index.read_text(encoding="utf-8")
     train_pages = list(index.parent.glob("validations/mrpc_train/**/*.html"))
@@ -255,7 +255,8 @@ def test_cli_validate_failing_on_the_processed_data_refuses_training(
     corrupted_copy(processed_dir, own, "validation", set_value("label", 3, 2))
     result = CliRunner().invoke(app, ["data", "validate"])
     assert result.exit_code == 1
-    with pytest.raises(ParabenchError, match=r"last data validation failed \(1 expectation\(s\)"):
+    # a label of 2 is outside {0, 1} and moves the split's exact paraphrase total (validate.positives)
+    with pytest.raises(ParabenchError, match=r"last data validation failed \(2 expectation\(s\)"):
         require_validated(validated_copy)
 
 

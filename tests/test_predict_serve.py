@@ -54,6 +54,8 @@ BAD_REQUESTS = {
     "empty body": (400, "valid JSON"),
     "empty list": (400, "sentence1"),
     "invalid JSON": (400, "valid JSON"),
+    "empty sentence": (400, "sentence1 in row 0 is empty"),
+    "whitespace sentence": (400, "sentence2 in row 1 is empty"),
     "10,000,000-character sentence": (400, "has 10,000,000 characters; the limit is 4,000"),
     "100,000 pairs": (400, "has 100,000 sentence pairs; the limit is 256"),
     "1,200,000 characters in 200 pairs": (400, "1,200,000 characters in all; the limit is 200,000"),
@@ -83,7 +85,7 @@ def test_predict_a_csv(champion: Params, tmp_path: Path) -> None:
     pairs = pd.DataFrame(
         {
             "sentence1": ['He said, "no".', "NA", "Stocks rose."],
-            "sentence2": ["He refused.", "", "Shares fell."],
+            "sentence2": ["He refused.", "null", "Shares fell."],
         }
     )
     pairs.to_csv(tmp_path / "pairs.csv", index=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from parabench.common.errors import first_line, one_line
 from parabench.config import (
     ConfigError,
     ParabenchError,
@@ -19,6 +21,7 @@ from parabench.config import (
     RunOptions,
     load_params,
     parse_options,
+    require_within,
 )
 
 app = typer.Typer(
@@ -42,9 +45,13 @@ results_app = typer.Typer(
 app.add_typer(results_app, name="results")
 
 
+# Set to see the traceback of an unexpected error (a bug) instead of its one line.
+DEBUG_ENV = "PARABENCH_DEBUG"
+
+
 def fail(error: ParabenchError) -> None:
     """Print a user-facing error on one line and exit non-zero (2 for a value the user gave, else 1)."""
-    typer.echo(f"error: {error}", err=True)
+    typer.echo(f"error: {one_line(error)}", err=True)
     raise typer.Exit(code=error.exit_code)
 
 
@@ -188,9 +195,9 @@ def train(
     the machine has (accelerate); under `torchrun --nproc_per_node N -m parabench train` the N processes
     train one model and log one run. After a crash or kill -9 the same command resumes from the last
     checkpoint."""
-    from parabench.common.files import write_json
+    from parabench.common.files import require_writable, write_json
     from parabench.data.validate import require_validated
-    from parabench.tracking.client import ui_hint
+    from parabench.tracking.client import completing, ui_hint
     from parabench.training.engine import finish_processes
     from parabench.training.plan import plan_run
     from parabench.training.run import train_and_track
@@ -198,14 +205,17 @@ def train(
     options = run_options(**{k: v for k, v in locals().items() if k in RunOptions.model_fields})
     params = load_params()
     plan = plan_run(params, options, require_validated(params))
+    metrics_file = params.path(params.train.reports_dir) / "metrics.json"
+    require_writable(metrics_file)
     summary = train_and_track(params, plan, log=typer.echo)
     finish_processes()
     if not summary.main_process:
         return
-    write_json(
-        params.path(params.train.reports_dir) / "metrics.json",
-        {"model": summary.model, "seed": summary.seed, "run_id": summary.run_id, **summary.metrics},
-    )
+    with completing(summary.run_id):
+        write_json(
+            metrics_file,
+            {"model": summary.model, "seed": summary.seed, "run_id": summary.run_id, **summary.metrics},
+        )
     typer.echo(f"run id: {summary.run_id}")
     typer.echo(
         f"test accuracy: {summary.metrics['test_accuracy']:.4f}  test F1: {summary.metrics['test_f1']:.4f}"
@@ -289,7 +299,7 @@ def main() -> None:
         print(f"error: {where}{' '.join(message.split())}", file=sys.stderr)
         sys.exit(getattr(error, "exit_code", 2))
     except ParabenchError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(error.exit_code)
     except OSError as error:  # a full disk, a folder it may not write: one line naming the cause
         where = f": {error.filename}" if error.filename else ""
@@ -302,9 +312,16 @@ def main() -> None:
         )
         sys.exit(130)
     except Exception as error:
-        if "database is locked" not in str(error):
+        if "database is locked" in str(error):
+            print(f"error: {SQLITE_LOCKED_HINT}", file=sys.stderr)
+            sys.exit(1)
+        if os.environ.get(DEBUG_ENV):
             raise
-        print(f"error: {SQLITE_LOCKED_HINT}", file=sys.stderr)
+        print(
+            f"error: unexpected {type(error).__name__}: {one_line(first_line(error))} (a parabench bug: "
+            f"please report it; {DEBUG_ENV}=1 shows the traceback)",
+            file=sys.stderr,
+        )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
@@ -446,6 +463,8 @@ def tune(
         {"trials": "--trials", "max_epochs": "--max-epochs", "time_budget_s": "--time-budget-s"},
     )
     params = load_params()
+    require_within(params.limits, "trials", limits.trials, "--trials")
+    require_within(params.limits, "epochs", limits.max_epochs, "--max-epochs")
     settings = TuneSettings(
         trials=limits.trials or params.tune.trials,
         max_epochs=limits.max_epochs or params.tune.max_epochs,
@@ -514,7 +533,7 @@ def predict(
 
     params = load_params()
     try:
-        pairs = pairs_from(sentences, input_csv)
+        pairs = pairs_from(params, sentences, input_csv)
         table = predict_pairs(params, model or params.serve.model_uri, pairs)
     except ParabenchError as error:
         fail(error)
@@ -525,7 +544,9 @@ def predict(
 def serve(
     model: ModelUriOption = None,
     host: Annotated[str | None, typer.Option(help="Interface (default: params.yaml serve.host).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: params.yaml serve.port).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port, 1..65535 (default: params.yaml serve.port).", min=1, max=65535)
+    ] = None,
 ) -> None:
     """Serve the model over HTTP with `mlflow models serve` in this environment:
     POST /invocations {"dataframe_records": [{"sentence1": "...", "sentence2": "..."}]}. Workers, request
@@ -537,14 +558,18 @@ def serve(
         SERVING_MODEL_CONFIG,
         model_flavors,
         pickle_warning,
+        require_listenable,
         serve_command,
     )
 
     params = load_params()
     settings = params.serve
     model_uri = model or settings.model_uri
-    command, env = serve_command(params, model_uri, host or settings.host, port or settings.port)
-    if warning := pickle_warning(model_uri, model_flavors(params, model_uri)):
+    host, port = host if host is not None else settings.host, port or settings.port
+    require_listenable(host, port)
+    flavors = model_flavors(params, model_uri)
+    command, env = serve_command(params, model_uri, host, port)
+    if warning := pickle_warning(model_uri, flavors):
         typer.echo(warning, err=True)
     typer.echo(" ".join(f"{name}={env[name]}" for name in (REQUEST_TIMEOUT, SERVING_MODEL_CONFIG)))
     typer.echo(" ".join(command))

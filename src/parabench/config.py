@@ -110,10 +110,11 @@ class ValidateParams(Section):
     report_dir: Path
     result_file: Path
     row_counts: dict[str, NonNegative]
+    positives: dict[str, NonNegative]  # pairs labelled paraphrase, per split: GLUE's exact totals
     positive_rate: dict[str, Fraction]
     sentence_chars: dict[str, NonNegative]
 
-    _rows = field_validator("row_counts")(lambda v: _exact_keys(v, SPLITS))
+    _rows = field_validator("row_counts", "positives")(lambda v: _exact_keys(v, SPLITS))
     _bands = field_validator("positive_rate", "sentence_chars")(_band)
 
 
@@ -319,6 +320,35 @@ class ResultsParams(Section):
     dir: Path
 
 
+class Limits(Section):
+    """Upper bounds on the counts a user gives (options, recipes, `tune`): far above any run on MRPC, so that
+    a typo (an extra zero, or ten) is refused in one line instead of training until killed."""
+
+    epochs: Positive
+    optimizer_steps: Positive  # --checkpoint-every-steps, --gradient-accumulation-steps
+    samples: Positive  # --max-train-samples, --max-eval-samples, --batch-size
+    trials: Positive  # `tune --trials`
+
+
+# Why each limit exists, as the one-line refusal says it.
+LIMIT_REASONS = {
+    "epochs": "no run on MRPC needs more, and a larger count would train until killed",
+    "optimizer_steps": "more optimizer steps than any run on MRPC takes",
+    "samples": "more pairs than MRPC (5,801) has many times over",
+    "trials": "a search that size would not end",
+}
+
+
+def require_within(limits: Limits, key: str, value: int | None, option: str) -> None:
+    """ConfigError naming the option, the limit and why, when a count given is above params.yaml limits."""
+    limit = getattr(limits, key)
+    if value is not None and value > limit:
+        raise ConfigError(
+            f"{option} {value:,} is above the limit of {limit:,} (params.yaml limits.{key}: "
+            f"{LIMIT_REASONS[key]})"
+        )
+
+
 class ReportParams(Section):
     results_md: Path
     results_csv: Path
@@ -358,6 +388,8 @@ class ServeParams(Section):
 class LoadtestParams(Section):
     requests: Positive
     concurrency: Positive
+    max_requests: Positive  # the most --requests takes: a load test is bounded, never a flood
+    max_concurrency: Positive  # the most --concurrency takes: threads of this process, one connection each
     valid_fraction: Fraction
     request_timeout_s: PositiveFloat
     server_start_timeout_s: PositiveFloat
@@ -397,6 +429,7 @@ class Params(Section):
     tune: TuneParams
     scaling: ScalingParams
     results: ResultsParams
+    limits: Limits
     report: ReportParams
     promote: PromoteParams
     serve: ServeParams
@@ -411,6 +444,10 @@ class Params(Section):
             raise ValueError(
                 f"train.recipe '{self.train.recipe}' is not one of recipes: {', '.join(self.recipes)}"
             )
+        if self.loadtest.requests > self.loadtest.max_requests:
+            raise ValueError("loadtest.requests must not exceed loadtest.max_requests")
+        if self.loadtest.concurrency > self.loadtest.max_concurrency:
+            raise ValueError("loadtest.concurrency must not exceed loadtest.max_concurrency")
         return self
 
     @property

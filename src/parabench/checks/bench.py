@@ -23,7 +23,7 @@ from accelerate.utils import set_seed
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
-from parabench.common.files import write_json
+from parabench.common.files import require_writable, write_json
 from parabench.common.tables import markdown_table
 from parabench.config import Params, RunOptions
 from parabench.data.prepare import load_frames
@@ -35,7 +35,13 @@ from parabench.models.inference import (
     predict,
     prepare_for_inference,
 )
-from parabench.models.zoo import get_spec, load_tokenizer_and_model, merge_lora, resolve_weights
+from parabench.models.zoo import (
+    get_spec,
+    load_tokenizer_and_model,
+    merge_lora,
+    require_fine_tuned,
+    resolve_weights,
+)
 from parabench.tracking import client as tracking
 from parabench.tracking.client import cpu_model
 from parabench.training.engine import (
@@ -225,11 +231,18 @@ def latest_run_id(experiment_id: str, model_key: str) -> str | None:
 
     runs = mlflow.search_runs(
         [experiment_id],
-        f"tags.model = '{model_key}' and attributes.status = 'FINISHED'",
+        f"tags.model = '{tracking.quoted(model_key)}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         output_format="list",
     )
-    return next((run.info.run_id for run in runs if "test_accuracy" in run.data.metrics), None)
+    trained = (
+        run
+        for run in runs
+        if "test_accuracy" in run.data.metrics
+        and tracking.finite_metrics(run)
+        and tracking.IMPORTED_TAG not in run.data.tags
+    )
+    return next((run.info.run_id for run in trained), None)
 
 
 def bench(
@@ -237,8 +250,12 @@ def bench(
 ) -> dict[str, Any]:
     """Measure every path side by side; print the table, write reports/bench.json, log to MLflow."""
     settings = params.bench
-    plan = plan_run(params, RunOptions(), require_validated(params), model=model_key)
+    spec = require_fine_tuned(get_spec(model_key, params), "--model", "it has no training or inference paths")
+    plan = plan_run(params, RunOptions(), require_validated(params), model=spec.key)
+    require_writable(params.path(settings.output))
     experiment_id = tracking.configure(params)
+    if run_id is not None:  # before anything is measured, written or logged
+        tracking.require_trained_run(run_id, model_key)
     tokenizer, model, source = load_bench_model(
         params, model_key, run_id or latest_run_id(experiment_id, model_key)
     )

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from parabench.common.errors import ParabenchError
+
 
 @contextlib.contextmanager
 def atomic_target(target: Path) -> Iterator[Path]:
@@ -54,3 +56,28 @@ def file_hash(path: Path, algorithm: str = "sha256") -> str:
 def sha256_file(path: Path) -> str:
     """The hex SHA-256 of a file."""
     return file_hash(path, "sha256")
+
+
+def require_writable(*targets: Path) -> None:
+    """ParabenchError naming the first target file that could not be written: its nearest existing folder is
+    a file, or one this process may not write. Checked before a command's work, so that it never fails after
+    the work is done with nothing (or a run claiming success) to show for it."""
+    for target in targets:
+        folder = Path(target).parent
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise ParabenchError(f"cannot write {target}: {folder} is a file, not a folder")
+        if Path(target).is_dir():
+            raise ParabenchError(f"cannot write {target}: it is a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ParabenchError(f"cannot write {target}: {folder} is not writable")
+
+
+def require_size(path: Path, limit_bytes: int, why: str) -> Path:
+    """The path, when it is a file of at most limit_bytes; ParabenchError naming its size and the limit (and
+    why there is one) otherwise, before anything reads it whole."""
+    size = Path(path).stat().st_size
+    if size > limit_bytes:
+        raise ParabenchError(f"{path} has {size:,} bytes, over the limit of {limit_bytes:,} ({why})")
+    return Path(path)

@@ -14,9 +14,13 @@ from typing import BinaryIO
 
 from parabench.common.files import atomic_target, sha256_file
 from parabench.config import ParabenchError, Params
+from parabench.data.version import display_path
 
 SOURCE_ENV = "PARABENCH_MRPC_SOURCE"
 CHUNK_BYTES = 1 << 20
+# The most bytes a raw or processed MRPC file may have: the largest (msr_paraphrase_train.txt) has about 1 MB,
+# so anything 32 times that is a wrong file, refused before it is read (or downloaded) whole.
+MAX_FILE_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -93,12 +97,17 @@ def open_source(address: str, name: str, timeout_s: float) -> Iterator[BinaryIO]
 def copy_verified(reader: BinaryIO, target: Path | None, name: str, expected: str, where: str) -> None:
     """Stream `reader` into a temp file beside `target`; only a matching SHA-256 replaces `target`.
     With target None the bytes are only checked (the source of a file already in place)."""
-    digest = hashlib.sha256()
+    digest, size = hashlib.sha256(), 0
     with contextlib.ExitStack() as stack:
         out = None
         if target is not None:
             out = stack.enter_context(stack.enter_context(atomic_target(target)).open("wb"))
         for chunk in iter(lambda: reader.read(CHUNK_BYTES), b""):
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:
+                raise ParabenchError(
+                    f"{name}: {where} has more than {MAX_FILE_BYTES:,} bytes; MRPC's files have about 1 MB"
+                )
             digest.update(chunk)
             if out is not None:
                 out.write(chunk)
@@ -122,6 +131,19 @@ def expected_sha256(params: Params, name: str) -> str:
     if not expected:
         raise ParabenchError(f"{name}: no SHA-256 in params.yaml data.sha256")
     return expected.lower()
+
+
+def require_raw_intact(params: Params) -> None:
+    """Raw files present in data.raw_dir must still have the SHA-256 params.yaml gives them (what `fetch`
+    checked them against): ParabenchError in one line naming the first that does not."""
+    raw_dir = params.path(params.data.raw_dir)
+    for name, expected in params.data.sha256.items():
+        path = raw_dir / name
+        if path.is_file() and (got := sha256_file(path)) != expected.lower():
+            raise ParabenchError(
+                f"{display_path(params, path)} does not match its SHA-256 in params.yaml "
+                f"(expected {expected}, got {got}); run `parabench data fetch` to restore it"
+            )
 
 
 def is_current(path: Path, expected: str) -> bool:

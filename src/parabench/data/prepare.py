@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from parabench.common.files import atomic_target
+from parabench.common.files import atomic_target, require_size
 from parabench.config import ParabenchError, Params
+from parabench.data.fetch import MAX_FILE_BYTES, require_raw_intact
 
 if TYPE_CHECKING:
     import datasets
@@ -39,7 +40,7 @@ def read_lines(path: Path) -> list[str]:
     """A raw file's lines: UTF-8 (BOM optional), LF or CRLF; quote characters are plain text."""
     if not path.is_file():
         raise ParabenchError(f"{path} not found; run `parabench data fetch`")
-    data = path.read_bytes()
+    data = require_size(path, MAX_FILE_BYTES, "MRPC's raw files have about 1 MB").read_bytes()
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -120,9 +121,30 @@ def split_paths(data_dir: Path) -> dict[str, Path]:
     return {split: Path(data_dir) / f"{split}.parquet" for split in SPLITS}
 
 
+def require_glue_counts(params: Params, splits: dict[str, list[Pair]]) -> None:
+    """Each split has GLUE's exact pairs and paraphrases (params.yaml validate.row_counts and positives):
+    ParabenchError in one line naming the raw file a wrong count comes from."""
+    files = params.data.files
+    split_by_ids = f"{files['train']} (split by {files['dev_ids']})"
+    for split, pairs in splits.items():
+        got = (len(pairs), sum(pair.label for pair in pairs))
+        expected = (params.validate.row_counts[split], params.validate.positives[split])
+        if got != expected:
+            raise ParabenchError(
+                f"{files['test'] if split == 'test' else split_by_ids} gives {got[0]:,} {split} pairs "
+                f"({got[1]:,} paraphrases); GLUE's MRPC has {expected[0]:,} ({expected[1]:,}) "
+                "(params.yaml validate.row_counts and positives): run `parabench data fetch` for the "
+                "official files"
+            )
+
+
 def prepare_splits(params: Params) -> dict[str, tuple[int, int]]:
-    """Write data.processed_dir/{train,validation,test}.parquet; return split -> (rows, paraphrases)."""
+    """Write data.processed_dir/{train,validation,test}.parquet; return split -> (rows, paraphrases). Raw
+    files that do not parse (named by file and line), do not match their SHA-256, or do not give GLUE's
+    counts are refused in one line before anything is written."""
     splits = build_splits(params)
+    require_raw_intact(params)
+    require_glue_counts(params, splits)
     paths = split_paths(params.path(params.data.processed_dir))
     counts = {}
     for split, pairs in splits.items():

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from parabench.common.errors import first_line
 from parabench.common.files import sha256_file, write_json
 from parabench.config import ParabenchError, Params
+from parabench.data.fetch import MAX_FILE_BYTES, require_raw_intact
 from parabench.data.prepare import COLUMNS, split_paths
 from parabench.data.version import data_version, display_path
 
@@ -61,12 +63,6 @@ class SplitFile:
     failed: list[dict[str, str]] = field(default_factory=list)
 
 
-def first_line(error: object) -> str:
-    """The first line of an error message, for one-line reports."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
 def decoded(value: bytes) -> str | bytes:
     """A value as str when it is valid UTF-8, else the raw bytes (which the type expectation then reports)."""
     try:
@@ -104,6 +100,9 @@ def read_split(path: Path) -> SplitFile:
     split_file = SplitFile(path)
     if not path.is_file():
         split_file.problem = "file not found"
+        return split_file
+    if (size := path.stat().st_size) > MAX_FILE_BYTES:
+        split_file.problem = f"{size:,} bytes, over the limit of {MAX_FILE_BYTES:,} (a split has under 1 MB)"
         return split_file
     data = path.read_bytes()
     split_file.sha256 = hashlib.sha256(data).hexdigest()
@@ -144,7 +143,7 @@ def split_expectations(params: Params, split: str) -> list[Expectation]:
     import great_expectations.expectations as gxe
 
     bands = params.validate
-    rows = int(bands.row_counts[split])
+    rows, positives = int(bands.row_counts[split]), int(bands.positives[split])
     chars, rate = bands.sentence_chars, bands.positive_rate
     expectations: list[Expectation] = [
         gxe.ExpectTableColumnsToMatchOrderedList(column_list=[*COLUMNS, LEAK_COLUMN], notes=LEAK_NOTE),
@@ -154,6 +153,7 @@ def split_expectations(params: Params, split: str) -> list[Expectation]:
         gxe.ExpectColumnValuesToBeBetween(column="idx", min_value=0, max_value=rows - 1),
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[0, 1]),
         gxe.ExpectColumnMeanToBeBetween(column="label", min_value=rate["min"], max_value=rate["max"]),
+        gxe.ExpectColumnSumToBeBetween(column="label", min_value=positives, max_value=positives),
         gxe.ExpectColumnValuesToBeInSet(column=LEAK_COLUMN, value_set=[False], notes=LEAK_NOTE),
     ]
     expectations += [
@@ -356,8 +356,10 @@ def output_folders(params: Params, data_dir: Path) -> tuple[Path, Path]:
 
 def validate_splits(params: Params, data_dir: Path | None = None) -> ValidationOutcome:
     """Run the suite over data_dir (default data.processed_dir); write the JSON result and the Data Docs
-    (see `output_folders`: validating another folder never touches the training gate)."""
+    (see `output_folders`: validating another folder never touches the training gate). Raw files that do not
+    match their SHA-256 are refused first, in one line (ParabenchError)."""
     data_dir = Path(data_dir) if data_dir is not None else params.path(params.data.processed_dir)
+    require_raw_intact(params)  # splits made from other raw files are no GLUE splits, whatever they hold
     split_files = {split: read_split(path) for split, path in split_paths(data_dir).items()}
     frames = with_leak_column({split: split_file.frame for split, split_file in split_files.items()})
     result_file, docs_dir = output_folders(params, data_dir)
@@ -388,18 +390,6 @@ def read_result(params: Params) -> dict[str, Any]:
     return document
 
 
-def check_raw_files(params: Params) -> None:
-    """Raw files present in data.raw_dir must still have the SHA-256 params.yaml gives them."""
-    raw_dir = params.path(params.data.raw_dir)
-    for name, expected in params.data.sha256.items():
-        path = raw_dir / name
-        if path.is_file() and (got := sha256_file(path)) != expected.lower():
-            raise ParabenchError(
-                f"{display_path(params, path)} does not match its SHA-256 in params.yaml "
-                f"(expected {expected}, got {got}); run `parabench data fetch` to restore it"
-            )
-
-
 def require_validated(params: Params, data_dir: Path | None = None) -> str:
     """Refuse (ParabenchError) unless the last validation passed and neither the splits nor the raw files
     changed since; return the data version (see `parabench.data.version.data_version`)."""
@@ -421,5 +411,5 @@ def require_validated(params: Params, data_dir: Path | None = None) -> str:
         sums[split] = sha256_file(path)
         if sums[split] != (recorded.get(split) or {}).get("sha256"):
             raise ParabenchError(f"{shown} changed since it was validated; {RERUN_HINT}")
-    check_raw_files(params)
+    require_raw_intact(params)
     return data_version(params, data_dir)

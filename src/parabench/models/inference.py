@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+from parabench.common.errors import ParabenchError
 from parabench.common.progress import progress
 
 # Linear layers kept in fp32 by the *_ffn paths: attention projections and the classification head, which
@@ -106,6 +107,17 @@ class Predictions:
     @property
     def samples_per_second(self) -> float:
         return len(self.probabilities) / self.seconds if self.seconds else 0.0
+
+    def require_finite(self, what: str) -> Predictions:
+        """These predictions, when every probability is a number; a ParabenchError naming `what` otherwise (a
+        diverged model answers NaN: it must never be scored, logged or distilled from)."""
+        bad = int(np.count_nonzero(~np.isfinite(self.probabilities)))
+        if bad:
+            raise ParabenchError(
+                f"{what} gives no probability (NaN) for {bad:,} of {len(self.probabilities):,} pairs: its "
+                "weights are not finite (a diverged training); train it again with a lower learning rate"
+            )
+        return self
 
 
 def mean_predictions(members: list[Predictions]) -> Predictions:

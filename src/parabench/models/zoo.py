@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from parabench.config import LoraParams, ParabenchError, Params
+from parabench.common.errors import first_line
+from parabench.config import ConfigError, LoraParams, ParabenchError, Params
 from parabench.models.embedded import embedded_installed, embedded_path, is_model_folder
 from parabench.models.hub import (
     LABELS,
@@ -173,6 +174,15 @@ def get_spec(key: str, params: Params | None = None) -> ModelSpec:
     raise ParabenchError(f"unknown model '{key}'; `parabench models` lists the zoo")
 
 
+def require_fine_tuned(spec: ModelSpec, option: str, why: str) -> ModelSpec:
+    """The spec, when it is a fine-tuned model; ConfigError naming the option and why otherwise (a
+    frozen-encoder baseline has no classifier logits and no recipe, a seed ensemble is several models)."""
+    if spec.head is not None or spec.members is not None:
+        kind = "a frozen-encoder baseline" if spec.head else "a seed ensemble"
+        raise ConfigError(f"{option} {spec.key} is {kind}: {why}; give a fine-tuned model")
+    return spec
+
+
 def unreachable_error(spec: ModelSpec, endpoint: str) -> ParabenchError:
     """The one line that says how to get a Hub model's weights onto a machine without the Hub."""
     why = "HF_HUB_OFFLINE is set" if hub_offline() else f"the Hub ({endpoint}) is unreachable"
@@ -300,8 +310,9 @@ def load_tokenizer_and_model(
                 **large_model_options(spec, load_in_4bit),
             )
     except Exception as error:  # a broken folder raises OSError, ValueError, validation errors, …
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ParabenchError(f"cannot load model '{spec.key}' from {location}: {first_line}") from error
+        raise ParabenchError(
+            f"cannot load model '{spec.key}' from {location}: {first_line(error)}"
+        ) from error
     if tokenizer.pad_token is None:  # Llama ships without one: pad with eos
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
@@ -315,6 +326,67 @@ def load_tokenizer_and_model(
             model = prepare_model_for_kbit_training(model)
         model.gradient_checkpointing_enable()
     return tokenizer, add_lora(model, params.lora)
+
+
+# transformers' stand-in for "no maximum" in a tokenizer's model_max_length (int(1e30)); anything this large
+# is not a real limit.
+NO_TOKENIZER_LIMIT = 10**9
+
+
+def length_bounds(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> tuple[int, int]:
+    """The fewest and the most tokens a pair may be truncated to for this model. The fewest: its special
+    tokens and one token of each sentence (below that the tokenizer cannot truncate and silently does not).
+    The most: its position table, less the padding offset where positions count from the padding index
+    (RoBERTa, MPNet), and its tokenizer's declared maximum where it has one."""
+    fewest = tokenizer.num_special_tokens_to_add(pair=True) + 2
+    limits = [tokenizer.model_max_length] if tokenizer.model_max_length < NO_TOKENIZER_LIMIT else []
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None:
+        offsets = [
+            module.padding_idx + 1
+            for name, module in model.named_modules()
+            if name.endswith("position_embeddings") and isinstance(getattr(module, "padding_idx", None), int)
+        ]
+        limits.append(positions - max(offsets, default=0))
+    return fewest, min(limits, default=NO_TOKENIZER_LIMIT)
+
+
+def check_max_length(max_length: int, key: str, tokenizer: PreTrainedTokenizerBase, model: Any) -> None:
+    """ConfigError, before any run exists, for a max_length the model cannot take (see `length_bounds`)."""
+    fewest, most = length_bounds(tokenizer, model)
+    if not fewest <= max_length <= most:
+        raise ConfigError(
+            f"--max-length {max_length} (or params.yaml train.max_length): {key} takes {fewest}..{most} "
+            f"tokens per pair (at most its {most} positions; at least its "
+            f"{fewest - 2} special tokens and one token of each sentence)"
+        )
+
+
+def fitted_length(max_length: int, tokenizer: PreTrainedTokenizerBase, model: Any) -> int:
+    """The max_length a served model truncates to: the one it was trained with, within what it can take (a
+    version logged before lengths were checked may carry one beyond its positions)."""
+    fewest, most = length_bounds(tokenizer, model)
+    return min(max(max_length, fewest), most)
+
+
+def require_length_fits(spec: ModelSpec, params: Params, max_length: int) -> None:
+    """check_max_length from the model's tokenizer and its structure alone (built on the meta device: no
+    weights are read), for a sweep or a search to refuse a length before its parent run exists."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    location = resolve_weights(spec, params)
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+            config = AutoConfig.from_pretrained(location, trust_remote_code=False)
+            with torch.device("meta"):
+                model = AutoModel.from_config(config)
+    except Exception as error:  # a broken folder: the training's own load names it
+        raise ParabenchError(
+            f"cannot load model '{spec.key}' from {location}: {first_line(error)}"
+        ) from error
+    check_max_length(max_length, spec.key, tokenizer, model)
 
 
 def merge_lora(model: PreTrainedModel) -> PreTrainedModel:

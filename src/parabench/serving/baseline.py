@@ -35,6 +35,7 @@ class BaselineModel(ParaphraseModel):
 
         self.apply_model_config(context, CONFIG_KEYS)
         self.tokenizer, encoder = load_encoder(context.artifacts[WEIGHTS_ARTIFACT])
+        self.fit_length(encoder)
         self.model = prepare_for_inference(encoder, self.inference_path)
         self.head = Head.load(context.artifacts[HEAD_ARTIFACT])
 

@@ -38,12 +38,9 @@ class EnsembleModel(ParaphraseModel):
         self.apply_model_config(context, CONFIG_KEYS)
         folders = [context.artifacts[member_artifact(index)] for index in range(self.members)]
         self.tokenizer = AutoTokenizer.from_pretrained(folders[0])
-        self.models = [
-            prepare_for_inference(
-                AutoModelForSequenceClassification.from_pretrained(folder), self.inference_path
-            )
-            for folder in folders
-        ]
+        members = [AutoModelForSequenceClassification.from_pretrained(folder) for folder in folders]
+        self.fit_length(members[0])  # the members are seeds of one model: one shape
+        self.models = [prepare_for_inference(member, self.inference_path) for member in members]
 
     def predictions(self, encoded: Any) -> Any:
         from parabench.models.inference import mean_predictions, predict

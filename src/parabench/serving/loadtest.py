@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from parabench.common.files import write_json
+from parabench.common.files import require_writable, write_json
 from parabench.common.processes import free_port, http_ok
-from parabench.config import ParabenchError, Params
-from parabench.serving.predict import serve_command
+from parabench.config import ConfigError, ParabenchError, Params
+from parabench.serving.predict import model_flavors, serve_command
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 PAIR = {"sentence1": "The cat sat on the mat.", "sentence2": "A cat was sitting on the mat."}
@@ -53,6 +53,8 @@ MALFORMED = {
     "empty body": "",
     "empty list": json.dumps({"dataframe_records": []}),
     "invalid JSON": "{not json",
+    "empty sentence": json.dumps({"dataframe_records": [{**PAIR, "sentence1": ""}]}),
+    "whitespace sentence": json.dumps({"dataframe_records": [PAIR, {**PAIR, "sentence2": " \t\n"}]}),
 }
 # Bodies beyond the request limits (params.yaml serve:, defaults or anything near them), which the server must
 # refuse with a 4xx naming the limit before tokenizing anything; built when first sent.
@@ -114,6 +116,28 @@ def require_local(url: str) -> None:
     host = urllib.parse.urlparse(url).hostname
     if host not in LOCAL_HOSTS:
         raise ParabenchError(f"the load test only targets localhost ({', '.join(LOCAL_HOSTS)}), not '{host}'")
+
+
+def checked_url(url: str) -> str:
+    """A scoring server's address as --url takes it: http(s)://HOST[:PORT] on this machine, without a
+    trailing slash; ConfigError in one line otherwise."""
+    parsed = urllib.parse.urlparse(url.strip())
+    try:
+        parsed.port  # noqa: B018  # raises ValueError for a port that is not 0..65535
+    except ValueError as error:
+        raise ConfigError(f"--url {url!r}: {error}") from error
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(f"--url {url!r} is not a server address such as http://127.0.0.1:5001")
+    require_local(url)
+    return url.strip().rstrip("/")
+
+
+def checked_count(option: str, given: int | None, default: int, most: int, key: str) -> int:
+    """A count option (None: params.yaml's value): 1..most, else ConfigError naming the option and limit."""
+    value = default if given is None else given
+    if not 1 <= value <= most:
+        raise ConfigError(f"{option} {value:,}: give 1..{most:,} (params.yaml loadtest.{key})")
+    return value
 
 
 def request_plan(requests: int, valid_fraction: float, seed: int) -> list[str]:
@@ -206,19 +230,29 @@ def serving(params: Params, model_uri: str, log_file: Path, start_timeout_s: flo
 def run_loadtest(
     params: Params, model_uri: str | None, url: str | None, requests: int | None, concurrency: int | None
 ) -> dict[str, Any]:
-    """Load-test a running server (url) or one started for the model; params.yaml `loadtest:` fills in."""
+    """Load-test a running server (url) or one started for the model; params.yaml `loadtest:` fills in.
+    Every argument is checked, and the model found, before anything is started or written."""
     settings = params.loadtest
     options = {
-        "requests": requests or settings.requests,
-        "concurrency": concurrency or settings.concurrency,
+        "requests": checked_count(
+            "--requests", requests, settings.requests, settings.max_requests, "max_requests"
+        ),
+        "concurrency": checked_count(
+            "--concurrency", concurrency, settings.concurrency, settings.max_concurrency, "max_concurrency"
+        ),
         "valid_fraction": settings.valid_fraction,
         "timeout": settings.request_timeout_s,
     }
     report_file = params.path(settings.report_file)
+    if url is not None and model_uri is not None:
+        raise ConfigError("give either --url (a running server) or --model (one to start), not both")
+    url = checked_url(url) if url is not None else None
+    require_writable(report_file, report_file.with_name("loadtest-server.log"))
     if url:
         summary = load(url, **options)
     else:
         model_uri = model_uri or params.serve.model_uri
+        model_flavors(params, model_uri)  # a model that is not there: one line, no server started
         log_file = report_file.with_name("loadtest-server.log")
         with serving(params, model_uri, log_file, settings.server_start_timeout_s) as served:
             summary = load(served, **options)

@@ -3,8 +3,10 @@ or over HTTP (MLflow's scoring server), both under the request limits of params.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -13,8 +15,9 @@ from typing import Any
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from parabench.config import ParabenchError, Params
-from parabench.data.validate import first_line
+from parabench.common.errors import first_line
+from parabench.common.files import require_size
+from parabench.config import ConfigError, ParabenchError, Params
 from parabench.models.hub import quiet_transformers
 from parabench.serving.pyfunc import INPUT_COLUMNS, RequestLimits, check_pairs, logged_from_code
 from parabench.tracking import client as tracking
@@ -33,11 +36,22 @@ def checked_pairs(frame: pd.DataFrame, where: str) -> pd.DataFrame:
         raise ParabenchError(f"{where}: {first_line(error)}") from error
 
 
-def read_pairs(path: Path) -> pd.DataFrame:
+def csv_limit_bytes(limits: RequestLimits) -> int:
+    """The most bytes a CSV of pairs within the request limits can have: every character of its sentences in
+    at most 4 UTF-8 bytes, and per pair two quoted cells, a comma and a line end, plus a header."""
+    assert limits.max_request_chars is not None and limits.max_pairs is not None
+    return 4 * limits.max_request_chars + 8 * limits.max_pairs + 1024
+
+
+def read_pairs(path: Path, limits: RequestLimits) -> pd.DataFrame:
     """Sentence pairs from a CSV with columns sentence1 and sentence2 (every cell read as text). A row with
-    more fields than the header (an unquoted comma) is an error, not a silently shifted pair."""
+    more fields than the header (an unquoted comma) is an error, not a silently shifted pair. A file larger
+    than any within the request limits is refused before it is read."""
     if not path.is_file():
         raise ParabenchError(f"{path} not found")
+    require_size(
+        path, csv_limit_bytes(limits), "no CSV within serve.max_request_chars and serve.max_pairs is larger"
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
@@ -51,13 +65,13 @@ def read_pairs(path: Path) -> pd.DataFrame:
     return checked_pairs(frame, str(path))
 
 
-def pairs_from(sentences: list[str] | None, input_csv: Path | None) -> pd.DataFrame:
+def pairs_from(params: Params, sentences: list[str] | None, input_csv: Path | None) -> pd.DataFrame:
     """The pairs to predict: two sentences on the command line, or a CSV file, not both."""
     sentences = sentences or []
     if input_csv is not None and sentences:
         raise ParabenchError("give either two sentences or --input, not both")
     if input_csv is not None:
-        return read_pairs(input_csv)
+        return read_pairs(input_csv, RequestLimits.of(params.serve))
     if len(sentences) != len(INPUT_COLUMNS):
         raise ParabenchError(f"give exactly two sentences (got {len(sentences)}) or --input pairs.csv")
     return checked_pairs(pd.DataFrame([sentences], columns=list(INPUT_COLUMNS)), "the sentences")
@@ -82,15 +96,16 @@ def check_limits(params: Params, pairs: pd.DataFrame) -> None:
         raise ParabenchError(f"the input is too large: {first_line(error)}") from error
 
 
-def model_flavors(params: Params, model_uri: str) -> dict[str, Any] | None:
-    """The MLmodel flavors of the model at the URI; None when they cannot be read."""
+def model_flavors(params: Params, model_uri: str) -> dict[str, Any]:
+    """The MLmodel flavors of the model at the URI (models:/ URIs resolve in the project's tracking store); a
+    ParabenchError in one line when there is no model there."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking.tracking_uri(params))
+    tracking.connect(params)
     try:
         return mlflow.models.get_model_info(model_uri).flavors
-    except (MlflowException, OSError):
-        return None
+    except (MlflowException, OSError) as error:
+        raise ParabenchError(f"cannot load {model_uri}: {first_line(error)}") from error
 
 
 def pickle_warning(model_uri: str, flavors: dict[str, Any] | None) -> str | None:
@@ -111,7 +126,7 @@ def load_model(params: Params, model_uri: str) -> Any:
     import mlflow
 
     flavors = model_flavors(params, model_uri)
-    config = RequestLimits.of(params.serve).as_config() if flavors and logged_from_code(flavors) else None
+    config = RequestLimits.of(params.serve).as_config() if logged_from_code(flavors) else None
     if warning := pickle_warning(model_uri, flavors):
         print(warning, file=sys.stderr)
     try:
@@ -131,6 +146,30 @@ def predict_pairs(params: Params, model_uri: str, pairs: pd.DataFrame) -> pd.Dat
     except MlflowException as error:  # the limits the model was logged with, if lower than params.yaml's
         raise ParabenchError(f"{model_uri} refused the input: {first_line(error)}") from error
     return pd.concat([pairs, predictions.reset_index(drop=True)], axis=1)
+
+
+def require_listenable(host: str, port: int) -> None:
+    """The scoring server can listen on host:port now: the host names an address of this machine and no
+    process listens on the port there. ConfigError (or, for a port in use, ParabenchError) in one line."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as error:
+        raise ConfigError(
+            f"--host {host!r} is not a host name or address this machine knows ({error})"
+        ) from error
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise ParabenchError(
+                    f"port {port} on {host} is in use by another process: stop it, or give another --port"
+                ) from error
+            raise ConfigError(
+                f"--host {host}: cannot listen there ({error.strerror or error}); give an address of this "
+                "machine, such as 127.0.0.1"
+            ) from error
 
 
 def serve_command(params: Params, model_uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:

@@ -107,9 +107,10 @@ def too_large(message: str) -> MlflowException:
 
 
 def check_pairs(frame: pd.DataFrame, limits: RequestLimits | None = None) -> pd.DataFrame:
-    """Both sentence columns present, all strings, and within the limits; else an MlflowException with a
-    clear message that the scoring server answers with HTTP 400 (INVALID_PARAMETER_VALUE; a ValueError would
-    give a generic 400). The pair count is checked before anything that reads every sentence."""
+    """Both sentence columns present, all strings, within the limits and not blank; else an MlflowException
+    with a clear message that the scoring server answers with HTTP 400 (INVALID_PARAMETER_VALUE; a ValueError
+    would give a generic 400). The pair count is checked before anything that reads every sentence, the
+    lengths before anything that copies one."""
     limits = limits or RequestLimits()
     if not isinstance(frame, pd.DataFrame):
         raise MlflowException.invalid_parameter_value(
@@ -134,6 +135,13 @@ def check_pairs(frame: pd.DataFrame, limits: RequestLimits | None = None) -> pd.
                 f"{column} must be a string in every pair; row {bad[0]} is not"
             )
     limits.check_lengths(frame)
+    for column in INPUT_COLUMNS:
+        blank = frame[column].str.strip().eq("").to_numpy().nonzero()[0]
+        if len(blank):
+            more = f" ({len(blank) - 1:,} more rows too)" if len(blank) > 1 else ""
+            raise MlflowException.invalid_parameter_value(
+                f"{column} in row {blank[0]} is empty (or only whitespace): a pair needs two sentences{more}"
+            )
     return frame
 
 
@@ -164,7 +172,15 @@ class ParaphraseModel(mlflow.pyfunc.PythonModel):
         weights = context.artifacts[WEIGHTS_ARTIFACT]
         self.tokenizer = AutoTokenizer.from_pretrained(weights)
         model = AutoModelForSequenceClassification.from_pretrained(weights)
+        self.fit_length(model)
         self.model = prepare_for_inference(model, self.inference_path)
+
+    def fit_length(self, model: Any) -> None:
+        """Truncate to the length the model was trained with, within what it can take: no request within the
+        limits can then reach past its positions (see `parabench.models.zoo.fitted_length`)."""
+        from parabench.models.zoo import fitted_length
+
+        self.max_length = fitted_length(self.max_length, self.tokenizer, model)
 
     def apply_model_config(self, context: Any, keys: dict[str, str]) -> None:
         """Models from code: every setting is in model_config (the limits possibly overridden when serving);

@@ -25,7 +25,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from parabench.common.files import write_json
+from parabench.common.files import require_writable, write_json
 from parabench.common.names import VALIDATION_SCORE
 from parabench.config import ParabenchError, Params
 from parabench.results.store import all_records
@@ -213,6 +213,7 @@ def promote(
     """Promote the best model of each size class; write the registry state (params.yaml promote.state_file)
     and return it as text."""
     settings = params.promote
+    require_writable(params.path(settings.state_file))  # before the registry changes
     sweeps = [sweep for found in sweeps_by_model(params, models, data_version).values() for sweep in found]
     if not settings.allow_ensembles:
         for sweep in (sweep for sweep in sweeps if sweep.is_ensemble):

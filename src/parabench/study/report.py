@@ -20,7 +20,7 @@ import mlflow
 import pandas as pd
 
 from parabench.common.errors import ParabenchError
-from parabench.common.files import write_text
+from parabench.common.files import require_writable, write_text
 from parabench.common.names import SCORE_METRICS, VALIDATION_SCORE
 from parabench.config import Params
 from parabench.models.zoo import paper_numbers
@@ -234,6 +234,9 @@ def build_report(
 ) -> Report:
     """Read every result record (results/ and the store), group them, and write every output."""
     settings = ReportSettings.from_params(params)
+    require_writable(
+        settings.results_md, settings.results_csv, settings.results_json, settings.plots_dir / "plot"
+    )
     records = all_records(params)
     all_groups = groups_by_model(params, records, models, data_version)
     if not all_groups:

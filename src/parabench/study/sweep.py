@@ -19,11 +19,11 @@ from mlflow.entities import Metric, Run, RunStatus, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from parabench.common.files import write_json
+from parabench.common.files import require_writable, write_json
 from parabench.common.names import FINAL_METRICS, VALIDATION_SCORE
 from parabench.config import MAX_SEED, ConfigError, ParabenchError, Params, RayOptions, RunOptions
 from parabench.data.validate import require_validated
-from parabench.models.zoo import get_spec, load_zoo
+from parabench.models.zoo import get_spec, load_zoo, require_length_fits
 from parabench.results.groups import SeedGroup, group_records, mean_std, newest_data_version
 from parabench.results.record import ResultRecord
 from parabench.results.store import folder_records
@@ -280,16 +280,21 @@ def plan_sweep(
 ) -> dict[str, list[RunPlan]]:
     """Every (model, seed) run of a sweep on validated MRPC, planned before any training (both engines).
     A seed ensemble (`<model>+ensemble`) comes after the other models, with one run (the first seed): it
-    averages its members' FINISHED seeds and trains nothing, so another seed would only repeat it."""
+    averages its members' FINISHED seeds and trains nothing, so another seed would only repeat it. A length a
+    model cannot take, or an output that cannot be written, fails here, before any run exists."""
     data_version = require_validated(params)
     ensembles = [model for model in models if get_spec(model, params).members is not None]
-    return {
+    plans = {
         model: [
             plan_run(params, options, data_version, model=model, seed=seed)
             for seed in (seeds[:1] if model in ensembles else seeds)
         ]
         for model in [*(m for m in models if m not in ensembles), *ensembles]
     }
+    for first, *_ in plans.values():  # before any parent run exists
+        require_length_fits(first.spec, params, first.max_length)
+    require_writable(params.path(params.sweep.summary_file), params.path(params.results.dir) / "record.json")
+    return plans
 
 
 def run_sweep(

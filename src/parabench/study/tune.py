@@ -22,7 +22,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from parabench.common.files import file_stem, write_json
+from parabench.common.files import file_stem, require_writable, write_json
 from parabench.common.names import VALIDATION_SCORE
 from parabench.config import (
     ConfigError,
@@ -34,6 +34,7 @@ from parabench.config import (
     TuneParams,
 )
 from parabench.data.validate import require_validated
+from parabench.models.zoo import require_fine_tuned, require_length_fits
 from parabench.study import cluster
 from parabench.study.cluster import WorkerEnv
 from parabench.tracking import client as tracking
@@ -139,9 +140,9 @@ def run_tune(
     options, ray_options = options or RunOptions(), ray_options or RayOptions()
     data_version = require_validated(params)
     base = plan_run(params, options, data_version, model=model)
-    if base.spec.head is not None or base.spec.members is not None:
-        kind = "a frozen-encoder baseline" if base.spec.head else "a seed ensemble"
-        raise ConfigError(f"{model} is {kind}: it has no training recipe to tune")
+    require_fine_tuned(base.spec, "--model", "it has no training recipe to tune")
+    require_length_fits(base.spec, params, base.max_length)
+    require_writable(tuned_recipe_file(params, model))
     tune_params = params.tune
     with cluster.ray_cluster(params, ray_options, log) as available:
         reserved = cluster.resources_for(params, base.spec.size_class, ray_options, available)
@@ -240,10 +241,11 @@ def settle_trials(
     client: MlflowClient, experiment_id: str, parent_id: str, grid: Any, base: RunPlan, names: tuple[str, ...]
 ) -> list[Trial]:
     """Every trial of the search as its MLflow run shows it, oldest first. A run that FINISHED with final
-    metrics completed; one that ended FAILED itself (an exception), or whose trial Ray reports an error,
-    failed; any other was stopped before its end — by ASHA (the trial tagged itself `pruned` as Tune
-    stopped it) or by the time budget (its actor killed, the run left RUNNING, or ended FAILED as orphaned
-    by a later command) — and is ended FINISHED with the `pruned` tag."""
+    metrics completed; one that ended FAILED itself (an exception, a diverged training), whose trial Ray
+    reports an error, or whose metrics are not finite, failed; any other was stopped before its end — by
+    ASHA (the trial tagged itself `pruned` as Tune stopped it) or by the time budget (its actor killed, the
+    run left RUNNING, or ended FAILED as orphaned by a later command) — and is ended FINISHED with the
+    `pruned` tag."""
     errors = {
         result.metrics["mlflow_run_id"]: cluster.first_line(result.error)
         for result in grid
@@ -262,6 +264,8 @@ def settle_trials(
         ended_itself = status == RunStatus.to_string(RunStatus.FAILED) and tracking.ORPHANED_TAG not in tags
         if run_id in errors or (ended_itself and not pruned):
             trials.append(Trial(run_id, values, "failed", None, epochs_done, errors.get(run_id, "FAILED")))
+        elif not tracking.finite_metrics(run):  # a diverged trial is a failure, never a score
+            trials.append(Trial(run_id, values, "failed", None, epochs_done, "metrics not finite (diverged)"))
         elif status == RunStatus.to_string(RunStatus.FINISHED) and final is not None and not pruned:
             trials.append(Trial(run_id, values, "completed", final, epochs_done))
         else:

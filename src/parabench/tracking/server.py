@@ -26,7 +26,7 @@ from typing import Any
 
 from parabench.common.files import write_json
 from parabench.common.processes import http_ok, process_alive, stop_process_group
-from parabench.config import ParabenchError, Params
+from parabench.config import ConfigError, ParabenchError, Params
 
 POSTGRES_ACCOUNT = "embedded_postgres"  # the OS account PostgreSQL runs as when parabench runs as root
 
@@ -314,23 +314,51 @@ def start_mlflow(settings: ServerSettings, database_url: str) -> int:
             break
         time.sleep(0.5)
     stop_process_group(process.pid)
-    tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
+    tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
     raise ParabenchError(
         f"mlflow server did not answer {settings.tracking_uri}/health in "
-        f"{settings.start_timeout_s:.0f} s; last lines of {log_file}:\n" + "\n".join(tail)
+        f"{settings.start_timeout_s:.0f} s; its log {log_file} ends: {' '.join(tail) or '(empty)'}"
     )
 
 
+STATE_KEYS = ("tracking_uri", "mlflow_pid", "database_url", "managed_postgres")
+
+
 def read_state(settings: ServerSettings) -> dict[str, Any] | None:
-    """What `start` recorded, or None."""
+    """What `start` recorded, or None; a ParabenchError naming the file when it is not what `start` wrote."""
     if not settings.state_file.is_file():
         return None
-    return json.loads(settings.state_file.read_text(encoding="utf-8"))
+    try:
+        state = json.loads(settings.state_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        state, why = None, str(error)
+    else:
+        why = "keys are missing"
+    if not isinstance(state, dict) or not all(key in state for key in STATE_KEYS):
+        raise ParabenchError(
+            f"{settings.state_file} is not what `parabench server start` wrote ({why}): stop the server's "
+            "processes by hand if any run, remove the file, and start again"
+        )
+    return state
+
+
+def require_postgres_url(database_url: str) -> None:
+    """--database-url names a PostgreSQL server that accepts connections now (one line otherwise)."""
+    from parabench.tracking.client import require_database_server
+
+    if not database_url.lower().startswith("postgresql"):
+        raise ConfigError(
+            f"--database-url {database_url!r} is not a PostgreSQL URL: give "
+            "postgresql+psycopg://USER@HOST:PORT/DB"
+        )
+    require_database_server(database_url, "postgresql", "--database-url", timeout_s=5.0)
 
 
 def start(params: Params, database_url: str | None = None) -> dict[str, Any]:
     """Start PostgreSQL (unless database_url names one) and `mlflow server`; idempotent."""
     settings = ServerSettings.of(params)
+    if database_url is not None:
+        require_postgres_url(database_url)
     state = read_state(settings)
     if state and healthy(state["tracking_uri"]):
         return state | {"already_running": True}

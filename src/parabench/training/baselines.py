@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from parabench.config import BaselineParams, ParabenchError, Params, Recipe
 from parabench.models.embeddings import Head, cosine, embed_pairs, load_encoder, pair_features
 from parabench.models.inference import Predictions, prepare_for_inference
-from parabench.models.zoo import count_parameters, model_size_mb, resolve_weights
+from parabench.models.zoo import check_max_length, count_parameters, model_size_mb, resolve_weights
 from parabench.serving.baseline import log_baseline_model
 from parabench.serving.pyfunc import RequestLimits
 from parabench.training.kind import Fitted
@@ -133,6 +133,7 @@ class Baseline:
         weights = resolve_weights(spec, self.params)
         set_seed(self.plan.seed)
         self.tokenizer, self.encoder = load_encoder(weights, spec.key)
+        check_max_length(self.plan.max_length, spec.key, self.tokenizer, self.encoder)
         self.served = prepare_for_inference(self.encoder, self.plan.inference_path)
         self.device = next(self.encoder.parameters()).device
         return {

@@ -22,7 +22,7 @@ from accelerate.utils import set_seed
 from transformers import PreTrainedModel, get_scheduler
 
 from parabench.common.progress import progress
-from parabench.config import ConfigError, Recipe
+from parabench.config import ConfigError, ParabenchError, Recipe
 from parabench.models.inference import TEACHER_LOGITS, EncodedSplit, collate, model_inputs, predict
 from parabench.training.checkpoints import Checkpoints
 from parabench.training.metrics import classification_metrics
@@ -184,14 +184,16 @@ def train_steps(
     on_optimizer_step: Callable[[int, list[float]], None] = lambda step, losses: None,
     losses: list[float] | None = None,
     distillation: Distillation | None = None,
+    epoch: int = 1,
 ) -> list[float]:
     """One pass over a prepared loader: forward, backward, clip and step as accelerate accumulates them.
     With `distillation` the loss mixes in the batch's teacher logits. Returns the loss of every micro-batch
     this process ran (appended to `losses` when given). A progress bar shows pairs/s and the running loss on
-    a terminal."""
+    a terminal. A loss or gradient norm that is not finite stops it before the optimizer steps on it
+    (ParabenchError naming the epoch and step: see `require_finite`)."""
     model.train()
     losses = [] if losses is None else losses
-    steps = 0
+    steps, window = 0, []  # window: the losses of the micro-batches the coming optimizer step sums
     with progress(len(loader), description, unit="batch") as bar:
         for batch in loader:
             with accelerator.accumulate(model):
@@ -200,18 +202,52 @@ def train_steps(
                 if distillation is not None:
                     loss = distillation.loss(outputs.logits, loss, batch[TEACHER_LOGITS])
                 accelerator.backward(loss)
+                value = loss.item()
+                window.append(value)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                    norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                    require_finite(accelerator, optimizer, window, norm, epoch, steps + 1)
+                    window = []
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            losses.append(value)
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses):.4f}", refresh=False)
             if accelerator.sync_gradients:
                 steps += 1
                 on_optimizer_step(steps, losses)
     return losses
+
+
+def require_finite(
+    accelerator: Accelerator,
+    optimizer: torch.optim.Optimizer,
+    losses: list[float],
+    grad_norm: torch.Tensor | float | None,
+    epoch: int,
+    step: int,
+) -> None:
+    """Stop a diverged training: a loss of the step's micro-batches, or the gradient norm, that is NaN or
+    infinite raises a ParabenchError naming the epoch and the optimizer step and suggesting a lower learning
+    rate, so the run ends FAILED instead of training on to a model that predicts nothing. Under fp16 the
+    gradient scaler skips an overflowing step itself, so only the loss counts there. Every process of a
+    launch stops at the same step."""
+    norm = None if grad_norm is None else float(grad_norm)
+    bad_loss = next((value for value in losses if not math.isfinite(value)), None)
+    bad_norm = norm is not None and not math.isfinite(norm) and accelerator.scaler is None
+    diverged = bad_loss is not None or bad_norm
+    if accelerator.num_processes > 1:
+        flag = torch.tensor(float(diverged), device=accelerator.device)
+        diverged = bool(accelerator.reduce(flag, "sum").item())
+    if not diverged:
+        return
+    what = f"the loss is {bad_loss}" if bad_loss is not None else f"the gradient norm is {norm}"
+    peak = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+    raise ParabenchError(
+        f"training diverged at epoch {epoch}, step {step}: {what}; lower the learning rate "
+        f"(--learning-rate, now {peak:g}) and train again"
+    )
 
 
 def fine_tune(
@@ -283,6 +319,7 @@ def fine_tune(
             every_steps,
             losses,
             Distillation.of(recipe),
+            epoch,
         )
         seconds = earlier + time.perf_counter() - started
         trained = accelerator.unwrap_model(model)

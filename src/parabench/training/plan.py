@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from parabench.common.files import file_stem
-from parabench.config import BaselineParams, ConfigError, Params, Recipe, RunOptions, ServeParams
+from parabench.config import (
+    BaselineParams,
+    ConfigError,
+    Params,
+    Recipe,
+    RunOptions,
+    ServeParams,
+    require_within,
+)
 from parabench.models.zoo import ModelSpec, get_spec, require_hardware
 from parabench.training.engine import EngineSettings, check_mixed_precision, default_mixed_precision
 
@@ -186,6 +194,7 @@ def plan_run(
             raise ConfigError(
                 f"{option} 0 leaves no pair to use; give at least 1, or leave it out for all pairs"
             )
+    check_counts(params, options, recipe, caps)
     return RunPlan(
         spec=spec,
         seed=pick(seed, pick(options.seed, params.train.seed)),
@@ -206,6 +215,21 @@ def plan_run(
         serve=params.serve,
         **caps,
     )
+
+
+def check_counts(params: Params, options: RunOptions, recipe: Recipe, caps: dict[str, int | None]) -> None:
+    """Every count of a run within params.yaml `limits:` (ConfigError naming the option, or the params.yaml
+    value, the limit and why)."""
+    counts = {
+        "epochs": ("epochs", recipe.epochs),
+        "batch_size": ("samples", recipe.batch_size),
+        **{name: ("samples", cap) for name, cap in caps.items()},
+        "gradient_accumulation_steps": ("optimizer_steps", options.gradient_accumulation_steps),
+        "checkpoint_every_steps": ("optimizer_steps", options.checkpoint_every_steps),
+    }
+    for name, (limit, value) in counts.items():
+        shown = f"--{name.replace('_', '-')}" if getattr(options, name) is not None else name
+        require_within(params.limits, limit, value, shown)
 
 
 def pick(given: Any, default: Any) -> Any:

@@ -12,6 +12,7 @@ import mlflow
 import pandas as pd
 import torch
 
+from parabench.common.files import require_writable
 from parabench.common.names import EPOCH_METRICS, FINAL_METRICS, SPLITS
 from parabench.config import Params
 from parabench.models.inference import Predictions
@@ -99,6 +100,12 @@ def log_record(
     mlflow.log_text(json.dumps(record.model_dump(mode="json"), sort_keys=True), RECORD_ARTIFACT)
     mlflow.set_tag(RECORD_TAG, record.file_name)
     return record
+
+
+def require_record_folder(params: Params) -> None:
+    """params.yaml results.dir can take a record: checked before the run, which must not end FINISHED and
+    then fail to write it."""
+    require_writable(params.path(params.results.dir) / "record.json")
 
 
 def save_record(params: Params, record: ResultRecord, log: Callable[[str], None]) -> Path:

@@ -26,7 +26,7 @@ from parabench.training.evaluation import log_evaluation_artifacts, split_metric
 from parabench.training.finetune import FineTuning
 from parabench.training.kind import RunKind
 from parabench.training.plan import RunPlan
-from parabench.training.records import log_record, save_record
+from parabench.training.records import log_record, require_record_folder, save_record
 from parabench.training.state import EpochResult
 
 
@@ -76,6 +76,8 @@ def train_and_track(
     the run under a run of another process (a Ray sweep's parent); `on_epoch` sees every epoch's result (a
     Tune trial reports it)."""
     require_validated(params)
+    if plan.record:
+        require_record_folder(params)
     if params.train.num_threads is not None:
         torch.set_num_threads(params.train.num_threads)
     frames = run_frames(params, plan)
@@ -104,7 +106,10 @@ def train_and_track(
                 }
             )
         fitted = kind.fit(run_id, lambda epoch: main and epoch_ended(epoch, on_epoch), say)
-        predictions = {split: kind.predict(split) for split in SPLITS}
+        predictions = {
+            split: kind.predict(split).require_finite(f"the {kind.record_kind} model on the {split} split")
+            for split in SPLITS
+        }
         labels = {split: frame["label"].to_numpy() for split, frame in frames.items()}
         num_parameters, size_mb = kind.size()
         final = split_metrics(labels, predictions, say) | {
@@ -124,7 +129,8 @@ def train_and_track(
                 record = log_record(params, plan, kind, frames, predictions, final, fitted.epochs, timings)
         kind.wait()
     if main and plan.record:
-        save_record(params, record, say)
+        with tracking.completing(run_id or ""):
+            save_record(params, record, say)
     kind.clean_up()
     return RunSummary(run_id or "", experiment_id, plan.spec.key, plan.seed, final, main)
 

@@ -17,14 +17,16 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
-from parabench.common.files import atomic_target, file_stem, write_json
+from parabench.common.errors import first_line
+from parabench.common.files import atomic_target, file_stem, require_writable, write_json
 from parabench.common.names import VALIDATION_SCORE
 from parabench.config import ParabenchError, Params
 from parabench.data.prepare import load_frames
 from parabench.data.validate import require_validated
 from parabench.models.inference import encode_frame, predict
-from parabench.models.zoo import get_spec
+from parabench.models.zoo import get_spec, require_fine_tuned
 from parabench.tracking import client as tracking
 from parabench.training.metrics import classification_metrics
 
@@ -41,9 +43,11 @@ def cache_teacher_logits(
     params: Params, teacher: str, run_id: str | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Run the teacher's logged model over the train split and write its logits; returns the description.
-    Fails in one line, writing nothing, when the model has no finished run on this data."""
-    get_spec(teacher, params)
+    Fails in one line, writing nothing, when the model is not fine-tuned or has no usable run on this data
+    (see `tracking.require_trained_run`), or when its logits are not finite."""
+    require_fine_tuned(get_spec(teacher, params), "--model", "it has no logits to distil from")
     data_version = require_validated(params)
+    require_writable(*teacher_files(params, teacher))
     experiment_id = tracking.configure(params)
     if run_id is None:
         run = tracking.best_run(experiment_id, teacher, data_version)
@@ -53,20 +57,22 @@ def cache_teacher_logits(
                 f"{mlflow.get_tracking_uri()}: fine-tune it first (`parabench train --model {teacher}`)"
             )
     else:
-        if not tracking.run_exists(run_id):
-            raise ParabenchError(f"--run-id {run_id}: no such run in {mlflow.get_tracking_uri()}")
-        run = mlflow.MlflowClient().get_run(run_id)
-        if run.data.tags.get("model") != teacher:
-            raise ParabenchError(f"--run-id {run_id} trained {run.data.tags.get('model')}, not {teacher}")
+        run = tracking.require_trained_run(run_id, teacher)
     log(
         f"teacher {teacher}: run {run.info.run_id} (validation accuracy "
         f"{run.data.metrics[VALIDATION_SCORE]:.4f}); computing its logits on the train split"
     )
-    served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").unwrap_python_model()
+    try:
+        served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").unwrap_python_model()
+    except (MlflowException, OSError) as error:
+        raise ParabenchError(
+            f"cannot load the model of run {run.info.run_id}: {first_line(error)}"
+        ) from error
     train = load_frames(params.path(params.data.processed_dir))["train"]
     started = time.perf_counter()
     encoded = encode_frame(served.tokenizer, train, served.max_length)
     predictions = predict(served.model, encoded, served.batch_size, served.tokenizer.pad_token_id)
+    predictions.require_finite(f"the model of run {run.info.run_id}")
     seconds = time.perf_counter() - started
     scores = classification_metrics(encoded.labels, predictions.labels)
     description = {
@@ -122,4 +128,10 @@ def teacher_logits(
             f"the cached logits of the teacher {teacher} lack {len(missing)} train pair(s) "
             f"(idx {missing.iloc[0]}, …): run {redo} again"
         )
-    return table.loc[frame["idx"]].to_numpy(dtype=np.float64), description
+    logits = table.loc[frame["idx"]].to_numpy(dtype=np.float64)
+    if not np.isfinite(logits).all():
+        raise ParabenchError(
+            f"{logits_file} holds {int((~np.isfinite(logits)).sum()):,} logits that are not finite (a "
+            f"diverged teacher): run {redo} again with a teacher that trained"
+        )
+    return logits, description
