@@ -17,6 +17,7 @@ from accelerate.utils import set_seed
 from parabench.config import Params
 from parabench.models.inference import EncodedSplit, Predictions, encode_frame, predict, prepare_for_inference
 from parabench.models.zoo import (
+    check_max_length,
     count_parameters,
     load_tokenizer_and_model,
     merge_lora,
@@ -64,6 +65,7 @@ class FineTuning:
         self.tokenizer, self.model = load_tokenizer_and_model(
             spec, self.params, weights=weights, load_in_4bit=plan.load_in_4bit
         )
+        check_max_length(plan.max_length, spec.key, self.tokenizer, self.model)
         self.encoded: dict[str, EncodedSplit] = {
             split: encode_frame(self.tokenizer, frame, plan.max_length)
             for split, frame in self.frames.items()
