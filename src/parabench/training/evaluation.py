@@ -74,6 +74,9 @@ def log_evaluation_artifacts(
     references = test_frame["label"].to_numpy()
     figure = confusion_matrix_figure(references, test_predictions.labels, f"{model} — MRPC test")
     mlflow.log_figure(figure, "confusion_matrix_test.png")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)  # pyplot keeps every figure it made until closed
     with tempfile.TemporaryDirectory() as folder:
         csv_path = Path(folder) / "predictions_test.csv"
         predictions_table(test_frame, test_predictions).to_csv(csv_path, index=False)
