@@ -36,7 +36,7 @@ from parabench.common.files import sha256_file
 from parabench.config import PARAMS_ENV, ParabenchError, Params, RunOptions, load_params
 from parabench.data.prepare import load_frames
 from parabench.data.validate import require_validated
-from parabench.models.inference import Predictions
+from parabench.models.inference import Predictions, truncated_pairs
 from parabench.models.zoo import get_spec, resolve_weights
 from parabench.serving.pyfunc import INPUT_EXAMPLE, SIGNATURE, ParaphraseModel, check_pairs
 from parabench.tracking import client as tracking
@@ -318,6 +318,7 @@ LIMITS = [
     (["sweep", "--models", "tiny-bert", "--epochs", "5000"], 2, "--epochs 5,000 is above"),
     (["tune", "--trials", "1000000"], 2, "--trials 1,000,000 is above the limit of 1,000"),
     (["tune", "--max-epochs", "100000"], 2, "--max-epochs 100,000 is above"),
+    (["gpu-check", "--epochs", "100000"], 2, "--epochs 100,000 is above the limit of 1,000"),
     (["predict", "", ""], 1, "sentence1 in row 0 is empty"),
     (["predict", "A cat.", " \t "], 1, "sentence2 in row 0 is empty"),
     (["predict", "\n", "A dog."], 1, "sentence1 in row 0 is empty (or only whitespace)"),
@@ -386,6 +387,29 @@ def test_a_model_trained_at_an_accepted_max_length_serves_every_request_within_t
     assert config["max_length"] == max_length  # the length it was trained with, which it truncates to
     tokenizer = AutoTokenizer.from_pretrained(resolve_weights(get_spec(model), trained.params))
     assert len(tokenizer(LONG, LONG, truncation=True, max_length=max_length)["input_ids"]) == max_length
+
+
+@pytest.mark.parametrize("max_length", [5, 7, 64, 512])
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-roberta"])
+def test_pairs_truncate_as_the_tokenizer_does_in_time_linear_in_the_text(
+    trained: SimpleNamespace, processed_dir: Path, model: str, max_length: int
+) -> None:
+    """A request within the limits (25 pairs of two 3,900-character sentences fill serve.max_request_chars)
+    is tokenized in well under a second at any accepted length, to the ids the tokenizer's own pair
+    truncation gives (which at a small length takes seconds per pair)."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_weights(get_spec(model), trained.params))
+    frame = load_frames(processed_dir)["validation"].head(64)
+    # long enough to be cut, short enough for the tokenizer's own (quadratic) truncation to check against
+    first = [*frame["sentence1"], "word " * 150, "a b", "word " * 90]
+    second = [*frame["sentence2"], "text " * 120, "c " * 150, "text " * 90]
+    expected = tokenizer(first, second, truncation=True, max_length=max_length)
+    assert truncated_pairs(tokenizer, first, second, max_length) == (
+        expected["input_ids"],
+        expected.get("token_type_ids"),
+    )
+    started = time.monotonic()
+    truncated_pairs(tokenizer, [LONG] * 25, [LONG + "and more."] * 25, max_length)
+    assert time.monotonic() - started < 2
 
 
 @pytest.mark.parametrize("logged_length", [100_000, 1])
@@ -778,6 +802,15 @@ def test_a_huge_input_file_is_refused_before_it_is_read_whole(
     assert {
         path.name: path.stat().st_size for path in project.path(project.data.raw_dir).iterdir()
     } == raw_before
+
+
+def test_a_huge_params_file_is_refused_before_it_is_read(
+    user: Callable[..., Outcome], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PARAMS_ENV, str(sparse(tmp_path / "huge" / "params.yaml")))
+    started = time.monotonic()
+    one_error_line(user("train"), 2, "has 1,073,741,824 bytes: not a params.yaml")
+    assert time.monotonic() - started < FAST_S
 
 
 def test_a_huge_split_is_a_failure_line_of_validate(user: Callable[..., Outcome], project: Params) -> None:

@@ -273,7 +273,9 @@ def gpu_check(
     writes reports/gpu_check.json (params.yaml bench.gpu_output)."""
     from parabench.checks.gpu import gpu_check as run_check
 
-    report = run_check(load_params(), minilm, epochs, log=typer.echo)
+    params = load_params()
+    require_within(params.limits, "epochs", epochs, "--epochs")
+    report = run_check(params, minilm, epochs, log=typer.echo)
     typer.echo(json.dumps(report, indent=2))
 
 

@@ -31,6 +31,8 @@ __all__ = ["INFERENCE_PATHS", "SIZE_CLASSES", "SPLITS", "ConfigError", "Parabenc
 
 PARAMS_ENV = "PARABENCH_PARAMS"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+# params.yaml has a few KB: a file over this is a wrong file, refused before it is read whole.
+MAX_PARAMS_BYTES = 1 << 20
 # numpy's and torch's seeds must fit in an unsigned 32-bit integer.
 MAX_SEED = 2**32 - 1
 SCHEDULERS = (
@@ -580,6 +582,8 @@ def load_params(path: Path | None = None) -> Params:
     """Read and validate params.yaml; ConfigError (one line) on anything it does not allow."""
     path = path or find_params_file()
     try:
+        if (size := path.stat().st_size) > MAX_PARAMS_BYTES:
+            raise ConfigError(f"{path} has {size:,} bytes: not a params.yaml (they have a few KB)")
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read {path}: {error}") from error

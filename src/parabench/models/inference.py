@@ -7,6 +7,7 @@ The path is chosen in params.yaml (`inference.path`); training, evaluation, serv
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 import time
 import warnings
@@ -136,12 +137,45 @@ def encode_pairs(
     labels: np.ndarray | None = None,
 ) -> EncodedSplit:
     """Tokenize sentence pairs together (both sentences always reach the model), truncating to max_length."""
-    encoded = tokenizer(list(sentence1), list(sentence2), truncation=True, max_length=max_length)
-    token_types = encoded.get("token_type_ids")
+    input_ids, token_types = truncated_pairs(tokenizer, list(sentence1), list(sentence2), max_length)
     labels = (
         np.zeros(len(sentence1), dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
     )
-    return EncodedSplit(encoded["input_ids"], token_types, labels)
+    return EncodedSplit(input_ids, token_types, labels)
+
+
+def truncated_pairs(
+    tokenizer: PreTrainedTokenizerBase, first: list[str], second: list[str], max_length: int
+) -> tuple[list[list[int]], list[list[int]] | None]:
+    """The token ids of each pair, and its segment ids where the model takes them, exactly as
+    `tokenizer(first, second, truncation=True, max_length=max_length)` gives them, in time linear in the
+    text. That call pairs every overflowing window of one sentence with every window of the other: a pair of
+    4,000-character sentences at a small max_length takes seconds, a request of them minutes. Here each
+    sentence is tokenized alone and cut to max_length tokens (the longer of two over it to one more, so that
+    the pair truncates, longest first, as it would whole) before the tokenizer puts the pair together."""
+    if not tokenizer.is_fast:
+        encoded = tokenizer(first, second, truncation=True, max_length=max_length)
+        return encoded["input_ids"], encoded.get("token_type_ids")
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)  # its truncation and padding are shared state
+    backend.no_padding()
+    backend.no_truncation()
+    side = tokenizer.truncation_side
+    singles = zip(
+        backend.encode_batch(first, add_special_tokens=False),
+        backend.encode_batch(second, add_special_tokens=False),
+        strict=True,
+    )
+    backend.enable_truncation(max_length, stride=0, strategy="longest_first", direction=side)
+    input_ids, token_types = [], []
+    for one, other in singles:
+        lengths = len(one.ids), len(other.ids)
+        for encoding, own, rival in ((one, *lengths), (other, *reversed(lengths))):
+            if own > max_length:
+                encoding.truncate(max_length + (own > rival), 0, side)
+        pair = backend.post_process(one, other, add_special_tokens=True)
+        input_ids.append(pair.ids)
+        token_types.append(pair.type_ids)
+    return input_ids, token_types if "token_type_ids" in tokenizer.model_input_names else None
 
 
 def encode_frame(tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame, max_length: int) -> EncodedSplit:
