@@ -89,8 +89,17 @@ def kill_after_checkpoint(folder: Path, name_prefix: str) -> None:
     process.wait()
 
 
+@pytest.fixture
+def own_project(validated_project: Path, tmp_path: Path) -> Iterator[Params]:
+    """A project of its own: checkpoints left by another test's killed run must not be resumed here."""
+    folder = copy_project(validated_project, tmp_path / "project", train={"max_eval_samples": 96})
+    with project_env(folder) as params:
+        yield params
+
+
 @pytest.mark.slow
-def test_kill_9_then_the_same_command_resumes_to_the_uninterrupted_result(project: Params) -> None:
+def test_kill_9_then_the_same_command_resumes_to_the_uninterrupted_result(own_project: Params) -> None:
+    project = own_project
     checkpoints = project.path(project.train.checkpoint_dir)
     whole = parabench("train", *RESUME_ARGS)
     assert whole.returncode == 0, whole.stderr[-2000:]
@@ -109,7 +118,8 @@ def test_kill_9_then_the_same_command_resumes_to_the_uninterrupted_result(projec
 
 
 @pytest.mark.slow
-def test_a_corrupt_checkpoint_is_skipped_for_the_one_before(project: Params) -> None:
+def test_a_corrupt_checkpoint_is_skipped_for_the_one_before(own_project: Params) -> None:
+    project = own_project
     checkpoints = project.path(project.train.checkpoint_dir)
     kill_after_checkpoint(checkpoints, "checkpoint-0003-")  # epochs 1 and 2 checkpointed
     newest = sorted(checkpoints.glob("*/checkpoint-0003-*"))[-1]

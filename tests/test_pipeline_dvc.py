@@ -29,7 +29,7 @@ def _project_files() -> list[str]:
     return sorted({name for name in listed.split("\0") if name and (ROOT / name).is_file()})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert shutil.which("git") and (ROOT / ".git").exists(), "needs git and a git checkout of the project"
     copy = tmp_path_factory.mktemp("clone") / "parabench"

@@ -77,7 +77,11 @@ def seed_runs_of(params: Params, model: str, uri: str | None = None) -> list[Run
     return [r for r in runs(params, f"tags.model = '{model}'", uri) if r.data.tags.get("sweep") != "parent"]
 
 
-def test_ray_sweep_runs_every_seed_side_by_side_and_a_rerun_adds_none(ray_project: Params) -> None:
+def test_ray_sweep_runs_every_seed_side_by_side_and_a_rerun_adds_none(
+    ray_project: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a user starts: the project's SQLite store (a Ray sweep of an earlier test exported the server's URI).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{ray_project.root / 'mlflow.db'}")
     args = ["sweep", "--engine", "ray", "--models", ",".join(MODELS), "--seeds", "2", *TRAIN_OPTIONS]
     first = invoke(*args)
     assert "up to 2 at once" in first.output
@@ -188,7 +192,7 @@ def test_ctrl_c_cancels_every_ray_run_and_leaves_them_killed(ray_project: Params
     uri = f"http://127.0.0.1:{ray_project.tracking_server.mlflow_port}"
     env = subprocess_env(params_file, uri, ray_project.mlflow.experiment)
     # Far more epochs than the test waits for: an idle CI machine ran 200 of them in 50 s, before the SIGINT.
-    args = ["sweep", "--engine", "ray", "--models", "tiny-albert", "--seeds", "2", "--epochs", "5000"]
+    args = ["sweep", "--engine", "ray", "--models", "tiny-albert", "--seeds", "2", "--epochs", "1000"]
     process = subprocess.Popen(
         [PARABENCH, *args, "--max-train-samples", "64"],
         env=env,
