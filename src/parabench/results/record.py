@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 from collections.abc import Iterable
 from importlib import metadata
@@ -260,7 +259,3 @@ def read_records(folder: Path) -> list[ResultRecord]:
     if not folder.is_dir():
         return []
     return [read_record(path) for path in sorted(folder.rglob(f"*{SUFFIX}"))]
-
-
-def finite(value: float) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)

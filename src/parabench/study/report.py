@@ -27,7 +27,7 @@ from parabench.models.zoo import paper_numbers
 from parabench.results.groups import SeedGroup, mean_std
 from parabench.results.store import all_records
 from parabench.study import plots
-from parabench.study.markdown import markdown
+from parabench.study.markdown import MISSING, markdown
 from parabench.study.report_data import ModelResult, Report, ReportSettings
 from parabench.study.statistics import class_order, collapse_reason, interval, mcnemar_exact, paired_seed_test
 from parabench.study.sweep import groups_by_model, named
@@ -37,7 +37,6 @@ from parabench.training.plan import TRAINING_REVISION, TUNED_PREFIX, tuned_recip
 THROUGHPUT_METRICS = ("eval_samples_per_second", "train_samples_per_second")
 INTERVAL_METRICS = ("test_accuracy", "test_f1")
 REPORT_RUN_TAGS = {"stage": "report"}
-MISSING = "n/a"
 RECIPE_PARAMS = ("learning_rate", "warmup_ratio", "epochs", "batch_size", "weight_decay", "select_best_epoch")
 
 
