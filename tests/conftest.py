@@ -4,6 +4,11 @@ Session projects are read-only: a test that changes one works on a copy (`helper
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,12 +17,16 @@ import pytest
 import yaml
 from helpers import EVAL_SAMPLES, copy_project, invoke, project_env, sweep_args
 
+from parabench.checks import sandbox
+from parabench.common.processes import free_port, stop_process_group, wait_until
 from parabench.config import PARAMS_ENV, Params, load_params
 from parabench.data.fetch import SOURCE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO_ROOT / "params.yaml"
 SHARED_MRPC = REPO_ROOT.parent / "shared" / "mrpc"
+RAY = str(Path(sys.executable).with_name("ray"))
+RAY_CPUS = 2
 EXPECTED_SPLITS = {"train": (3668, 2474), "validation": (408, 279), "test": (1725, 1147)}
 
 
@@ -146,4 +155,80 @@ def swept_module_copy(swept_root: Path, tmp_path_factory: pytest.TempPathFactory
 def swept_copy(swept_root: Path, tmp_path: Path) -> Iterator[Params]:
     """A private copy of the swept project (store and records) for one test to change."""
     with project_env(copy_project(swept_root, tmp_path / "project")) as params:
+        yield params
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """One local Ray cluster of RAY_CPUS CPUs for the whole test run (`ray start --head --block`, every port
+    free, in its own process group: SIGTERM, then SIGKILL, at the end); the address sweeps and tunes join."""
+    host = "127.0.0.1"
+    temp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths live under it
+    ports = {
+        name: str(free_port(host))
+        for name in (
+            "port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+        )
+    }
+    command = [
+        RAY,
+        "start",
+        "--head",
+        "--block",
+        f"--node-ip-address={host}",
+        f"--num-cpus={RAY_CPUS}",
+        "--num-gpus=0",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp}",
+        *(f"--{name}={port}" for name, port in ports.items()),
+    ]
+    log_file = temp / "start.log"
+    with log_file.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        started = wait_until(
+            lambda: "Ray runtime started" in log_file.read_text(errors="replace"),
+            180,
+            give_up=lambda: process.poll() is not None,
+        )
+        assert started, log_file.read_text(errors="replace")[-2000:]
+        yield f"{host}:{ports['port']}"
+    finally:
+        stop_process_group(process.pid)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def served_root(validated_project: Path, ray_address: str) -> Iterator[Path]:
+    """Once per session: a copy of the validated project whose `parabench server` (PostgreSQL + MLflow on
+    free ports) runs and whose `ray.address` is the session's cluster, evaluating 64 pairs: the one tracking
+    server and Ray cluster of the test run. Tests there log under their own experiment or model names."""
+    work = Path(tempfile.mkdtemp(prefix="parabench-served-"))
+    work.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data folder
+    changes = {"ray": {"address": ray_address}, "train": {"max_eval_samples": 64}}
+    source = load_params(validated_project / "params.yaml")
+    folder = sandbox.copy_project(source, work / "project", work / "server", changes).parent
+    try:
+        with project_env(folder) as params:
+            uri = f"http://127.0.0.1:{params.tracking_server.mlflow_port}"
+            assert f"MLFLOW_TRACKING_URI={uri}" in invoke("server", "start").stdout
+        mlflow_pid = json.loads((work / "server" / "server.json").read_text(encoding="utf-8"))["mlflow_pid"]
+        yield folder
+    finally:
+        with project_env(folder):
+            invoke("server", "stop")
+        if "mlflow_pid" in locals():  # a server no longer in server.json (a test replaced it) stops too
+            stop_process_group(mlflow_pid)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def served(served_root: Path) -> Iterator[Params]:
+    """The session's served project, the environment pointing at it (its SQLite store) for one test."""
+    with project_env(served_root) as params:
         yield params

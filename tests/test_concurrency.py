@@ -3,19 +3,14 @@ at once, several first-time openers of a new SQLite store, and two `promote` sta
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from helpers import SWEPT_MODELS, copy_project, invoke, project_env
 
-from parabench.checks import sandbox
 from parabench.checks.reliability import concurrent_promotes, concurrent_trainings
 from parabench.checks.sandbox import project_env as run_env
-from parabench.config import Params, load_params
+from parabench.config import Params
 from parabench.study.sweep import latest_sweeps
 
 pytestmark = pytest.mark.slow  # servers and subprocess trainings: end-to-end
@@ -23,28 +18,10 @@ pytestmark = pytest.mark.slow  # servers and subprocess trainings: end-to-end
 TRAININGS = {"model": "tiny-bert", "epochs": 1, "max_train_samples": 16, "max_eval_samples": 32}
 
 
-@pytest.fixture(scope="module")
-def server_project(validated_project: Path) -> Iterator[Params]:
-    """A copy of the validated project with `parabench server start` running on free ports."""
-    work = Path(tempfile.mkdtemp(prefix="parabench-server-test-"))
-    work.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data folder
-    params_file = sandbox.copy_project(
-        load_params(validated_project / "params.yaml"), work / "project", work / "server"
-    )
-    raw = yaml.safe_load(params_file.read_text(encoding="utf-8"))
-    raw["train"]["max_eval_samples"] = TRAININGS["max_eval_samples"]
-    params_file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    with project_env(params_file.parent) as params:
-        started = invoke("server", "start")
-        try:
-            assert (
-                f"MLFLOW_TRACKING_URI=http://127.0.0.1:{raw['tracking_server']['mlflow_port']}"
-                in started.stdout
-            )
-            yield params
-        finally:
-            invoke("server", "stop")
-            shutil.rmtree(work, ignore_errors=True)
+@pytest.fixture
+def server_project(served: Params) -> Params:
+    """The session's served project: `parabench server` runs on free ports."""
+    return served
 
 
 def server_uri(params: Params) -> str:

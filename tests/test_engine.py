@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from parabench.cli import app
 from parabench.common.names import EPOCH_METRICS, FINAL_METRICS
+from parabench.common.processes import wait_until
 from parabench.config import Params, RunOptions
 from parabench.data.validate import require_validated
 from parabench.training.plan import plan_run
@@ -79,11 +80,12 @@ def kill_after_checkpoint(folder: Path, name_prefix: str) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if any((path / "manifest.json").is_file() for path in folder.glob(f"*/{name_prefix}*")):
-            break
-        time.sleep(0.02)
+    wait_until(
+        lambda: any((path / "manifest.json").is_file() for path in folder.glob(f"*/{name_prefix}*")),
+        300,
+        interval_s=0.02,
+        give_up=lambda: process.poll() is not None,
+    )
     assert process.poll() is None, "the run ended before it could be killed: make it longer"
     process.send_signal(signal.SIGKILL)
     process.wait()

@@ -1,6 +1,7 @@
-"""The study on Ray as users run it: `parabench sweep --engine ray` and `parabench tune` on a local Ray of 2
-CPUs (started and stopped by each command) with tiny models. Two runs at once on the SQLite default make
-the sweep start `parabench server` (PostgreSQL) and log there; the module stops it at the end."""
+"""The study on Ray as users run it: `parabench sweep --engine ray` and `parabench tune` joining the session's
+local Ray of 2 CPUs (conftest `served`) with tiny models. Two runs at once on the SQLite default make the
+sweep use `parabench server` (PostgreSQL, already running: the session's one tracking server) and log
+there."""
 
 from __future__ import annotations
 
@@ -9,19 +10,17 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import invoke, project_env
+from helpers import invoke
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from parabench.checks.sandbox import PARABENCH, copy_project
+from parabench.checks.sandbox import PARABENCH
 from parabench.checks.sandbox import project_env as subprocess_env
-from parabench.config import Params, load_params
+from parabench.common.processes import wait_until
+from parabench.config import Params
 from parabench.models.zoo import get_spec, resolve_weights
 
 pytestmark = pytest.mark.slow  # Ray, a tracking server and trainings in worker processes
@@ -31,23 +30,10 @@ TRAIN_OPTIONS = ("--epochs", "1", "--max-train-samples", "64")
 EVAL_SAMPLES = 64
 
 
-@pytest.fixture(scope="module")
-def ray_project(validated_project: Path) -> Iterator[Params]:
-    """A copy of the validated project (free server ports, a local Ray of 2 CPUs, 64 evaluation pairs);
-    the tracking server a command starts there is stopped at the end."""
-    work = Path(tempfile.mkdtemp(prefix="parabench-ray-test-"))
-    work.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data folder
-    changes = {"ray": {"num_cpus": 2}, "train": {"max_eval_samples": EVAL_SAMPLES}}
-    source = load_params(validated_project / "params.yaml")
-    params_file = copy_project(source, work / "project", work / "server", changes)
-    try:
-        with project_env(params_file.parent) as params:
-            invoke("server", "start")  # as a first sweep would start it (the sweeps still say so)
-            yield params
-    finally:
-        with project_env(params_file.parent):
-            invoke("server", "stop")
-        shutil.rmtree(work, ignore_errors=True)
+@pytest.fixture
+def ray_project(served: Params) -> Params:
+    """The session's served project: its tracking server runs, its `ray.address` is the session's cluster."""
+    return served
 
 
 def server_client(params: Params, uri: str | None = None) -> tuple[MlflowClient, str]:
@@ -204,14 +190,17 @@ def test_ctrl_c_cancels_every_ray_run_and_leaves_them_killed(ray_project: Params
         text=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            running = [r for r in seed_runs_of(ray_project, "tiny-albert", uri) if r.info.status == "RUNNING"]
-            if len(running) == 2:
-                break
-            assert process.poll() is None, process.communicate()[0]
-            time.sleep(1)
-        assert len(running) == 2, "both seeds train at once"
+        def seed_statuses() -> list[str]:
+            return [r.info.status for r in seed_runs_of(ray_project, "tiny-albert", uri)]
+
+        both_running = wait_until(
+            lambda: seed_statuses().count("RUNNING") == 2,
+            180,
+            interval_s=1,
+            give_up=lambda: process.poll() is not None,
+        )
+        assert process.poll() is None, process.communicate()[0]
+        assert both_running, "both seeds train at once"
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=120)
     finally:

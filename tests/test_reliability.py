@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from helpers import copy_project
 from mlflow.tracking import MlflowClient
 
+from parabench.common.processes import wait_until
 from parabench.config import PARAMS_ENV
 
 pytestmark = pytest.mark.slow  # servers and subprocess trainings: end-to-end
@@ -43,17 +43,16 @@ def start_and_interrupt(env: dict[str, str], sig: signal.Signals) -> subprocess.
     process = subprocess.Popen(
         ["parabench", *TRAIN], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        runs = [
-            r for r in all_runs(env) if r.info.status == "RUNNING" and "validation_accuracy" in r.data.metrics
-        ]
-        if runs:
-            break
-        assert process.poll() is None, process.stdout.read().decode()[-2000:]
-        time.sleep(1)
-    else:
-        pytest.fail("training never logged an epoch")
+    logged_epoch = wait_until(
+        lambda: any(
+            r.info.status == "RUNNING" and "validation_accuracy" in r.data.metrics for r in all_runs(env)
+        ),
+        240,
+        interval_s=1,
+        give_up=lambda: process.poll() is not None,
+    )
+    assert process.poll() is None, process.stdout.read().decode()[-2000:]
+    assert logged_epoch, "training never logged an epoch"
     process.send_signal(sig)
     process.wait(timeout=60)
     return process

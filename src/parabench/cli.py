@@ -80,11 +80,8 @@ def data_fetch(
     """Put the raw MRPC files into data/raw, checking each SHA-256."""
     from parabench.data.fetch import fetch_raw
 
-    try:
-        for path, copied in fetch_raw(load_params(), source):
-            typer.echo(f"{'fetched' if copied else 'unchanged'} {path}")
-    except ParabenchError as error:
-        fail(error)
+    for path, copied in fetch_raw(load_params(), source):
+        typer.echo(f"{'fetched' if copied else 'unchanged'} {path}")
 
 
 @command(data_app, "prepare")
@@ -92,11 +89,8 @@ def data_prepare() -> None:
     """Build data/processed/{train,validation,test}.parquet in the GLUE schema and split."""
     from parabench.data.prepare import prepare_splits
 
-    try:
-        for split, (rows, positives) in prepare_splits(load_params()).items():
-            typer.echo(f"{split}: {rows} rows, {positives} paraphrases")
-    except ParabenchError as error:
-        fail(error)
+    for split, (rows, positives) in prepare_splits(load_params()).items():
+        typer.echo(f"{split}: {rows} rows, {positives} paraphrases")
 
 
 @command(data_app, "validate")
@@ -106,10 +100,7 @@ def data_validate(
     """Run the Great Expectations suite over the splits; non-zero exit when any expectation fails."""
     from parabench.data.validate import validate_splits
 
-    try:
-        outcome = validate_splits(load_params(), data_dir)
-    except ParabenchError as error:
-        fail(error)
+    outcome = validate_splits(load_params(), data_dir)
     for failure in outcome.failures:
         typer.echo(f"FAILED {failure}", err=True)
     typer.echo(f"validation result: {outcome.result_file}")
@@ -256,10 +247,7 @@ def bench(
     from parabench.checks.bench import bench as run_bench
 
     params = load_params()
-    try:
-        run_bench(params, model or params.train.model, run_id)
-    except ParabenchError as error:
-        fail(error)
+    run_bench(params, model or params.train.model, run_id)
 
 
 @command(app, "gpu-check")
@@ -300,9 +288,6 @@ def main() -> None:
         message = error.format_message() if hasattr(error, "format_message") else str(error)
         print(f"error: {where}{' '.join(message.split())}", file=sys.stderr)
         sys.exit(getattr(error, "exit_code", 2))
-    except ParabenchError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        sys.exit(error.exit_code)
     except OSError as error:  # a full disk, a folder it may not write: one line naming the cause
         where = f": {error.filename}" if error.filename else ""
         print(f"error: {error.strerror or error}{where}", file=sys.stderr)
@@ -483,10 +468,7 @@ def report(models: SweptModelsOption = None, data_version: DataVersionOption = N
     from parabench.study.report import build_report
 
     params = load_params()
-    try:
-        written = build_report(params, chosen_models(models, params), data_version, log=typer.echo)
-    except ParabenchError as error:
-        fail(error)
+    written = build_report(params, chosen_models(models, params), data_version, log=typer.echo)
     for path in written.paths:
         typer.echo(f"wrote {path}")
 
@@ -508,10 +490,7 @@ def promote(models: SweptModelsOption = None, data_version: DataVersionOption = 
     from parabench.study.promote import promote as promote_models
 
     params = load_params()
-    try:
-        state = promote_models(params, chosen_models(models, params), data_version, log=typer.echo)
-    except ParabenchError as error:
-        fail(error)
+    state = promote_models(params, chosen_models(models, params), data_version, log=typer.echo)
     typer.echo("registry:")
     for line in state:
         typer.echo(f"  {line}")
@@ -534,11 +513,8 @@ def predict(
     from parabench.serving.predict import pairs_from, predict_pairs
 
     params = load_params()
-    try:
-        pairs = pairs_from(params, sentences, input_csv)
-        table = predict_pairs(params, model or params.serve.model_uri, pairs)
-    except ParabenchError as error:
-        fail(error)
+    pairs = pairs_from(params, sentences, input_csv)
+    table = predict_pairs(params, model or params.serve.model_uri, pairs)
     typer.echo(table.to_csv(index=False), nl=False)
 
 
@@ -588,10 +564,7 @@ def server_start(
     """Start PostgreSQL and `mlflow server` on 127.0.0.1 (params.yaml tracking_server); idempotent."""
     from parabench.tracking.server import start
 
-    try:
-        state = start(load_params(), database_url)
-    except ParabenchError as error:
-        fail(error)
+    state = start(load_params(), database_url)
     verb = "already running" if state.get("already_running") else "started"
     typer.echo(f"MLflow tracking server {verb} at {state['tracking_uri']} (database {state['database_url']})")
     typer.echo(f"use it with: export MLFLOW_TRACKING_URI={state['tracking_uri']}")
@@ -602,10 +575,7 @@ def server_stop() -> None:
     """Stop the tracking server and the PostgreSQL it started."""
     from parabench.tracking.server import stop
 
-    try:
-        stopped = stop(load_params())
-    except ParabenchError as error:
-        fail(error)
+    stopped = stop(load_params())
     typer.echo("tracking server stopped" if stopped else "no tracking server was running")
 
 
@@ -637,10 +607,7 @@ def loadtest(
     latency, requests/s and status counts; exit 1 on any 5xx, lost connection or unexpected answer."""
     from parabench.serving.loadtest import run_loadtest
 
-    try:
-        summary = run_loadtest(load_params(), model, url, requests, concurrency)
-    except ParabenchError as error:
-        fail(error)
+    summary = run_loadtest(load_params(), model, url, requests, concurrency)
     typer.echo(
         f"{summary['requests']} requests ({summary['valid_requests']} valid), "
         f"concurrency {summary['concurrency']}: "
@@ -671,8 +638,5 @@ def reliability() -> None:
     promotes, load test, tampered data) in a throw-away copy of the project; writes reports/reliability/."""
     from parabench.checks.reliability import run_all
 
-    try:
-        report = run_all(load_params(), log=typer.echo)
-    except ParabenchError as error:
-        fail(error)
+    report = run_all(load_params(), log=typer.echo)
     typer.echo(json.dumps(report, indent=2))

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from parabench.checks.sandbox import PARABENCH, copy_project, last_lines, project_env
 from parabench.common.files import write_json, write_text
 from parabench.common.names import EPOCH_METRICS, FINAL_METRICS
+from parabench.common.processes import wait_until
 from parabench.common.tables import markdown_table
 from parabench.config import PARAMS_ENV, ParabenchError, Params, load_params
 from parabench.serving.loadtest import load, serving
@@ -88,15 +89,18 @@ def concurrent_trainings(env: dict[str, str], settings: dict[str, Any], count: i
 def killed_training(env: dict[str, str], settings: dict[str, Any], timeout_s: float = 300) -> dict[str, Any]:
     """kill -9 a training once it logged an epoch, then run the same command again (it starts over)."""
     process = start(training_args(settings, 11, epochs=settings["long_epochs"]), env)
-    deadline = time.monotonic() + timeout_s
-    while not any(
-        r.info.status == "RUNNING" and "validation_accuracy" in r.data.metrics for r in experiment_runs(env)
+    if not wait_until(
+        lambda: any(
+            r.info.status == "RUNNING" and "validation_accuracy" in r.data.metrics
+            for r in experiment_runs(env)
+        ),
+        timeout_s,
+        interval_s=1,
+        give_up=lambda: process.poll() is not None,
     ):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise ParabenchError(
-                f"the training to kill never logged an epoch: {last_lines(process.stdout.read())}"
-            )
-        time.sleep(1)
+        raise ParabenchError(
+            f"the training to kill never logged an epoch: {last_lines(process.stdout.read())}"
+        )
     process.send_signal(signal.SIGKILL)
     process.wait()
     running_after_kill = sum(r.info.status == "RUNNING" for r in experiment_runs(env))

@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import random
-import signal
 import subprocess
 import time
 import urllib.error
@@ -30,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from parabench.common.files import require_writable, write_json
-from parabench.common.processes import free_port, http_ok
+from parabench.common.processes import free_port, http_ok, stop_process_group, wait_until
 from parabench.config import ConfigError, ParabenchError, Params
 from parabench.serving.predict import model_flavors, serve_command
 
@@ -215,15 +213,13 @@ def serving(params: Params, model_uri: str, log_file: Path, start_timeout_s: flo
         )
     url = f"http://{host}:{port}"
     try:
-        deadline = time.monotonic() + start_timeout_s
-        while not answers(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise ParabenchError(f"serving {model_uri} did not answer {url}/ping; see {log_file}")
-            time.sleep(1)
+        if not wait_until(
+            lambda: answers(url), start_timeout_s, interval_s=1, give_up=lambda: process.poll() is not None
+        ):
+            raise ParabenchError(f"serving {model_uri} did not answer {url}/ping; see {log_file}")
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)  # the server's own session: mlflow and its uvicorn
+        stop_process_group(process.pid)  # the server's own session: mlflow and its uvicorn
         process.wait(timeout=30)
 
 

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from parabench.common.files import write_json
-from parabench.common.processes import http_ok, process_alive, stop_process_group
+from parabench.common.processes import http_ok, process_alive, stop_process_group, wait_until
 from parabench.config import ConfigError, ParabenchError, Params
 
 POSTGRES_ACCOUNT = "embedded_postgres"  # the OS account PostgreSQL runs as when parabench runs as root
@@ -306,13 +305,12 @@ def start_mlflow(settings: ServerSettings, database_url: str) -> int:
     ]
     with log_file.open("ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + settings.start_timeout_s
-    while time.monotonic() < deadline:
-        if healthy(settings.tracking_uri):
-            return process.pid
-        if process.poll() is not None:
-            break
-        time.sleep(0.5)
+    if wait_until(
+        lambda: healthy(settings.tracking_uri),
+        settings.start_timeout_s,
+        give_up=lambda: process.poll() is not None,
+    ):
+        return process.pid
     stop_process_group(process.pid)
     tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
     raise ParabenchError(
