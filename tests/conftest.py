@@ -213,6 +213,7 @@ def served_root(validated_project: Path, ray_address: str) -> Iterator[Path]:
     changes = {"ray": {"address": ray_address}, "train": {"max_eval_samples": 64}}
     source = load_params(validated_project / "params.yaml")
     folder = sandbox.copy_project(source, work / "project", work / "server", changes).parent
+    mlflow_pid = None
     try:
         with project_env(folder) as params:
             uri = f"http://127.0.0.1:{params.tracking_server.mlflow_port}"
@@ -222,7 +223,7 @@ def served_root(validated_project: Path, ray_address: str) -> Iterator[Path]:
     finally:
         with project_env(folder):
             invoke("server", "stop")
-        if "mlflow_pid" in locals():  # a server no longer in server.json (a test replaced it) stops too
+        if mlflow_pid is not None:  # a server no longer in server.json (a test replaced it) stops too
             stop_process_group(mlflow_pid)
         shutil.rmtree(work, ignore_errors=True)
 
