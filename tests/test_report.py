@@ -226,3 +226,31 @@ def test_study_rows_the_pareto_front_and_a_test_over_seeds_are_reported(
     assert f"{best} (seed" in line.split(" vs ")[0] and "over seeds 13,42" in line
     assert f"mean difference {np.mean(np.subtract(a, b)):+.2f} points, p = {p_value:.4g}" in line
     assert (settings.plots_dir / "tradeoff_all.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_each_seed_ensemble_is_the_mean_probability_of_its_seeds_records(
+    swept: Params, settings: ReportSettings
+) -> None:
+    """By hand from the records: the mean probability per pair over the seeds, label 1 at >= 0.5."""
+    text = settings.results_md.read_text(encoding="utf-8")
+    section = text.split("## Seed ensembles rebuilt from the records")[1].split("## ")[0]
+    for model in SWEPT_MODELS:
+        records = [r for r in folder_records(swept) if r.model == model]
+        assert len(records) == 2
+        cells = {}
+        for split in ("validation", "test"):
+            first, second = (
+                pd.DataFrame(
+                    {"p": r.predictions[split].probability, "gold": r.predictions[split].references},
+                    index=r.predictions[split].idx,
+                )
+                for r in records
+            )
+            both = first.join(second, how="inner", rsuffix="_2")  # the pairs both seeds predicted
+            labels = ((both["p"] + both["p_2"]) / 2 >= 0.5).astype(int)
+            cells[split] = 100 * float(np.mean(labels == both["gold"]))
+        row = next(line for line in section.splitlines() if line.startswith(f"| {model} |"))
+        values = [cell.strip() for cell in row.strip("|").split("|")]
+        assert values[1] == "13, 42"
+        assert float(values[2]) == pytest.approx(cells["validation"], abs=0.006)
+        assert float(values[4]) == pytest.approx(cells["test"], abs=0.006)

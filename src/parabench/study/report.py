@@ -29,7 +29,14 @@ from parabench.results.store import all_records
 from parabench.study import plots
 from parabench.study.markdown import MISSING, markdown
 from parabench.study.report_data import ModelResult, Report, ReportSettings
-from parabench.study.statistics import class_order, collapse_reason, interval, mcnemar_exact, paired_seed_test
+from parabench.study.statistics import (
+    class_order,
+    collapse_reason,
+    interval,
+    mcnemar_exact,
+    paired_seed_test,
+    records_ensemble,
+)
 from parabench.study.sweep import groups_by_model, named
 from parabench.tracking import client as tracking
 from parabench.training.plan import TRAINING_REVISION, TUNED_PREFIX, tuned_recipes
@@ -158,6 +165,22 @@ def paired_tests(results: list[ModelResult], settings: ReportSettings) -> list[d
     return tests
 
 
+def ensemble_rows(results: list[ModelResult]) -> list[dict[str, Any]]:
+    """Every fine-tuned model with two seeds or more: its seed ensemble rebuilt from the records'
+    probabilities (validation and test), beside the seeds' mean accuracy on the same pairs."""
+    rows = []
+    for result in results:
+        group = result.group
+        if group.first.kind != "fine-tuned" or len(group.runs) < 2:
+            continue
+        row: dict[str, Any] = {"model": model_label(group), "seeds": ", ".join(map(str, sorted(group.runs)))}
+        for split in ("validation", "test"):
+            ensemble = records_ensemble(group, split)
+            row |= {f"{split}_{name}": value for name, value in ensemble.items()}
+        rows.append(row)
+    return rows
+
+
 def recipe_rows(
     groups: dict[str, list[SeedGroup]], tuned: dict[str, dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
@@ -259,6 +282,7 @@ def build_report(
         tests=paired_tests(results, settings),
         data_version=results[0].group.key.data_version,
         recipes=recipe_rows(all_groups, tuned_recipes(params)),
+        ensembles=ensemble_rows(results),
         collapsed=[
             f"{result.group.model} seed {seed}: {why}"
             for result in results

@@ -63,5 +63,6 @@ class Report:
     tests: list[dict[str, Any]]
     data_version: str
     recipes: list[dict[str, Any]] = field(default_factory=list)
+    ensembles: list[dict[str, Any]] = field(default_factory=list)
     collapsed: list[str] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)

@@ -1,5 +1,6 @@
 """The report's statistics: confidence intervals over seeds, McNemar's exact test on paired predictions, a
-paired t-test over shared seeds, the Pareto front, and a seed that collapsed to one class."""
+paired t-test over shared seeds, the Pareto front, a seed that collapsed to one class, and a seed ensemble
+rebuilt from the records' probabilities."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 from parabench.common.names import SIZE_CLASSES, VALIDATION_SCORE
 from parabench.results.groups import SeedGroup, mean_std
 from parabench.results.record import ResultRecord, SplitPredictions
+from parabench.training.metrics import classification_metrics
 
 
 def interval(values: list[float], confidence: float) -> tuple[float, float]:
@@ -80,3 +82,23 @@ def class_order(size_classes: Any) -> list[str]:
     """The study's classes first (small, regular, large), then any other, each once."""
     present = set(size_classes)
     return [c for c in SIZE_CLASSES if c in present] + sorted(present - set(SIZE_CLASSES))
+
+
+def records_ensemble(group: SeedGroup, split: str) -> dict[str, float]:
+    """The seed ensemble of a group built from its records alone: per pair (by idx, the pairs every seed
+    predicted), the mean paraphrase probability over the seeds, label 1 at >= 0.5; its accuracy and F1 on the
+    split's gold labels, and the seeds' mean accuracy on the same pairs."""
+    splits = [record.predictions[split] for record in group.runs.values()]
+    common = sorted(set.intersection(*(set(s.idx) for s in splits)))
+    probabilities, accuracies = [], []
+    gold = None
+    for predictions in splits:
+        position = {idx: i for i, idx in enumerate(predictions.idx)}
+        rows = np.array([position[idx] for idx in common], dtype=int)
+        probabilities.append(np.asarray(predictions.probability)[rows])
+        references = predictions.references[rows]
+        gold = references if gold is None else gold
+        accuracies.append(float(np.mean(predictions.labels[rows] == references)))
+    labels = (np.mean(probabilities, axis=0) >= 0.5).astype(int)
+    scores = classification_metrics(gold, labels)
+    return {"pairs": len(common), **scores, "seed_mean_accuracy": float(np.mean(accuracies))}
