@@ -11,7 +11,7 @@ BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.parabench-installed
 # Every dependency of pyproject.toml's extras below, pinned with hashes (pip-compile), except torch.
 LOCK := requirements.lock
-LOCK_EXTRAS := embedded,server,dev,docs
+LOCK_EXTRAS := embedded,server,cpu-runtimes,dev,docs
 # `make lock` keeps the pins it can; `make lock LOCK_ARGS=--upgrade` (or `LOCK_ARGS="-P mlflow"`) moves them.
 LOCK_ARGS ?=
 # A throw-away venv with pip-tools for `make lock`.

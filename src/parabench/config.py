@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from parabench.common.errors import ConfigError, ParabenchError
-from parabench.common.names import INFERENCE_PATHS, SIZE_CLASSES, SPLITS
+from parabench.common.names import AUTO_PATH, INFERENCE_PATHS, SIZE_CLASSES, SPLITS
 
 __all__ = ["INFERENCE_PATHS", "SIZE_CLASSES", "SPLITS", "ConfigError", "ParabenchError"]
 
@@ -210,7 +210,7 @@ class TinyParams(Section):
 
 
 class InferenceParams(Section):
-    path: Literal[INFERENCE_PATHS]  # type: ignore[valid-type]
+    path: Literal[(*INFERENCE_PATHS, AUTO_PATH)]  # type: ignore[valid-type]
 
 
 class BenchParams(Section):
@@ -218,7 +218,9 @@ class BenchParams(Section):
     eval_samples: Positive
     train_steps: Positive
     assumed_fma_units: Positive
+    eligibility_points: Annotated[float, Field(ge=0, le=100)]
     output: Path
+    by_hardware_dir: Path
     gpu_output: Path
 
 

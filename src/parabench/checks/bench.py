@@ -1,40 +1,46 @@
-"""Side-by-side speed of parabench's training and inference paths against the HF Trainer baseline.
+"""`parabench bench`: parabench's inference and training paths side by side with what users would run
+instead, on the same weights and pairs, in one process.
 
-Everything runs in one process on the same data and weights; each path's samples/s is the median of timed
-passes after a warm-up, so the ratios hold on a noisy machine where the absolute numbers do not.
+Inference: the HF Trainer padding every pair to 128 (run_glue's default: the baseline) and with dynamic
+padding, then every `inference.path` (torch fp32 / bf16 / int8, ONNX Runtime fp32 / int8, OpenVINO default /
+NNCF int8). Each path predicts all of validation and test once for its accuracy; a path more than
+`bench.eligibility_points` from fp32 on either split is not eligible. Speed: timed passes over the same
+`bench.eval_samples` pairs, interleaved path by path within each pass (a slow moment hits every path), the
+median kept. Training: the Trainer padding to 128 (baseline) and with dynamic padding and
+`train_sampling_strategy="group_by_length"` (the honest peer), against parabench's engine in fp32 and bf16.
+The fastest eligible path is what `inference.path: auto` runs on this CPU class (`models.choice`); the
+roofline states the peak it assumed for the instruction sets found.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
-import re
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from accelerate.utils import set_seed
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
 from parabench.common.files import require_writable, write_json
+from parabench.common.hardware import cpu_flags, cpu_isa, cpu_model, this_cpu
+from parabench.common.names import INFERENCE_PATHS
 from parabench.common.tables import markdown_table
 from parabench.config import Params, RunOptions
 from parabench.data.prepare import load_frames
 from parabench.data.validate import require_validated
-from parabench.models.inference import (
-    INFERENCE_PATHS,
-    EncodedSplit,
-    encode_frame,
-    predict,
-    prepare_for_inference,
-)
+from parabench.models.choice import bench_file
+from parabench.models.inference import EncodedSplit, encode_frame, predict, prepare_for_inference
 from parabench.models.zoo import (
     get_spec,
     load_tokenizer_and_model,
@@ -43,12 +49,10 @@ from parabench.models.zoo import (
     resolve_weights,
 )
 from parabench.tracking import client as tracking
-from parabench.tracking.client import cpu_model
 from parabench.training.engine import (
     EngineSettings,
     batch_loader,
     build_optimizer,
-    default_mixed_precision,
     length_grouped_batches,
     make_accelerator,
     train_steps,
@@ -57,6 +61,11 @@ from parabench.training.metrics import classification_metrics
 from parabench.training.plan import plan_run
 
 BASELINE = "trainer_pad128"
+TRAIN_BASELINE = f"train_{BASELINE}"
+EVAL_SPLITS = ("validation", "test")
+# The runtime each exported path needs (a path whose runtime is missing is reported, not measured).
+RUNTIME_OF = {"onnxruntime": "onnxruntime", "openvino": "openvino", "openvino_int8": "nncf"}
+RUNTIME_OF["onnxruntime_int8"] = "onnxruntime"
 
 
 @dataclass(frozen=True)
@@ -64,45 +73,97 @@ class PathResult:
     path: str
     kind: str  # "inference" or "training"
     samples_per_second: float
-    speedup: float
-    accuracy: float | None
-    f1: float | None
-    roofline_fraction: float
+    precision: str  # the arithmetic the roofline counts it at: fp32 | bf16 | int8
+    accuracy: dict[str, float] = field(default_factory=dict)  # split -> accuracy (inference only)
+    speedup: float = 0.0  # × the baseline of its kind
+    speedup_over_fp32: float = 0.0  # × parabench's fp32 path of its kind
+    eligible: bool | None = None  # inference paths of parabench: within the points of fp32 on every split
+    roofline_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
 class Roofline:
-    """Peak FLOP/s of this CPU from cores × clock × vector lanes × FMA units (printed as assumptions)."""
+    """Peak FLOP/s per precision from cores × clock × FLOP per cycle of the widest unit found (assumptions
+    printed): fp32 FMA lanes × FMA units × 2; bf16 on AMX tiles (1,024 FLOP/cycle/core), AVX512-BF16 (2× fp32)
+    or none (fp32's); int8 on AMX tiles (2,048 ops/cycle/core), VNNI (4× fp32) or AVX2 (2× fp32)."""
 
     cores: int
     ghz: float
-    fp32_lanes: int
-    fma_units: int
+    isa: list[str]
+    fp32_per_cycle: int
+    bf16_per_cycle: int
+    int8_per_cycle: int
+    units: dict[str, str]
 
-    @property
-    def fp32_peak(self) -> float:
-        return self.cores * self.ghz * 1e9 * self.fp32_lanes * self.fma_units * 2
-
-    @property
-    def int8_peak(self) -> float:
-        return 4 * self.fp32_peak  # four int8 multiply-adds fit where one fp32 does
+    def peak(self, precision: str) -> float:
+        per_cycle = {"fp32": self.fp32_per_cycle, "bf16": self.bf16_per_cycle, "int8": self.int8_per_cycle}
+        return self.cores * self.ghz * 1e9 * per_cycle[precision]
 
     def describe(self) -> str:
-        return (
-            f"peak = {self.cores} cores × {self.ghz:.2f} GHz × {self.fp32_lanes} fp32 lanes × "
-            f"{self.fma_units} FMA units × 2 = {self.fp32_peak / 1e9:.0f} GFLOP/s fp32 "
-            f"(int8 paths: 4× that); FLOPs per pair from the config at each pair's real length"
+        peaks = ", ".join(
+            f"{p} {self.peak(p) / 1e9:,.0f} GFLOP/s ({self.units[p]})" for p in ("fp32", "bf16", "int8")
         )
+        isa = ", ".join(self.isa) or "no AVX2"
+        return f"roofline on {isa}: {self.cores} cores × {self.ghz:.2f} GHz; peaks {peaks}"
 
 
 def detect_roofline(assumed_fma_units: int) -> Roofline:
-    """Cores torch uses, the CPU clock and its widest vector unit, read from /proc/cpuinfo."""
+    """This CPU's peaks: the cores torch uses, its clock, and the units its instruction sets give."""
+    flags = cpu_flags()
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    clocks = [float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", text)]
-    flags = set(re.findall(r"\b(avx512f|avx2|avx)\b", text))
-    lanes = 16 if "avx512f" in flags else 8 if flags & {"avx2", "avx"} else 4
+    clocks = [float(line.split(":")[1]) for line in text.splitlines() if line.startswith("cpu MHz")]
     ghz = max(clocks) / 1000 if clocks else 2.0
-    return Roofline(torch.get_num_threads(), ghz, lanes, assumed_fma_units)
+    lanes = 16 if "avx512f" in flags else 8 if flags & {"avx2", "avx"} else 4
+    fp32 = lanes * assumed_fma_units * 2
+    fp32_unit = f"{lanes} lanes × {assumed_fma_units} FMA × 2"
+    if "amx_bf16" in flags:
+        bf16, bf16_unit = 1024, "AMX-BF16 tiles"
+    elif "avx512_bf16" in flags:
+        bf16, bf16_unit = 2 * fp32, "AVX512-BF16, 2× fp32"
+    else:
+        bf16, bf16_unit = fp32, "no bf16 unit: fp32's"
+    if "amx_int8" in flags:
+        int8, int8_unit = 2048, "AMX-INT8 tiles"
+    elif flags & {"avx512_vnni", "avx_vnni"}:
+        int8, int8_unit = 4 * fp32, "VNNI, 4× fp32"
+    else:
+        int8, int8_unit = 2 * fp32, "AVX2 multiply-add pairs, 2× fp32"
+    units = {"fp32": fp32_unit, "bf16": bf16_unit, "int8": int8_unit}
+    return Roofline(torch.get_num_threads(), ghz, cpu_isa(), fp32, bf16, int8, units)
+
+
+def precision_of(path: str, roofline: Roofline) -> str:
+    """The arithmetic a path runs at: OpenVINO's CPU default is bf16 where AMX is (its int8 path compresses
+    weights only), int8 paths quantize activations too."""
+    if path.startswith("openvino"):
+        return "bf16" if "AMX-BF16" in roofline.isa else "fp32"
+    if path == "bf16":
+        return "bf16"
+    return "int8" if "int8" in path else "fp32"
+
+
+def missing_runtime(path: str) -> str | None:
+    """The package a path needs that is not installed here, or None."""
+    package = RUNTIME_OF.get(path)
+    return package if package and importlib.util.find_spec(package) is None else None
+
+
+def timed(run_pass: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    run_pass()
+    return time.perf_counter() - started
+
+
+def interleaved_rates(passes: dict[str, Callable[[], Any]], samples: int, count: int) -> dict[str, float]:
+    """Samples/s of each pass: one warm-up call of each, then `count` rounds calling every pass once per
+    round (so a busy moment slows all of them), the median time kept."""
+    for run_pass in passes.values():
+        run_pass()
+    seconds: dict[str, list[float]] = {name: [] for name in passes}
+    for _ in range(count):
+        for name, run_pass in passes.items():
+            seconds[name].append(timed(run_pass))
+    return {name: samples / statistics.median(times) for name, times in seconds.items()}
 
 
 def config_dims(config: Any) -> tuple[int, int]:
@@ -162,14 +223,14 @@ def trainer_dataset(tokenizer: Any, frame: Any, max_length: int, pad_to_max: boo
 
 
 def trainer_probabilities(
-    model: Any, tokenizer: Any, dataset: Dataset, batch_size: int, pad_to_max: bool
-) -> Callable[[], np.ndarray]:
-    """A pass of Trainer.predict over the dataset, returning paraphrase probabilities."""
+    model: Any, tokenizer: Any, batch_size: int, pad_to_max: bool
+) -> Callable[[Dataset], np.ndarray]:
+    """Trainer.predict over a dataset, as paraphrase probabilities."""
     folder = tempfile.mkdtemp(prefix="parabench-bench-")
     collator = None if pad_to_max else DataCollatorWithPadding(tokenizer)
     trainer = Trainer(model=model, args=trainer_args(folder, batch_size), data_collator=collator)
 
-    def run_pass() -> np.ndarray:
+    def run_pass(dataset: Dataset) -> np.ndarray:
         logits = torch.from_numpy(np.asarray(trainer.predict(dataset).predictions)).float()
         return torch.softmax(logits, dim=-1)[:, 1].numpy()
 
@@ -179,8 +240,10 @@ def trainer_probabilities(
 def trainer_training(
     model: Any, tokenizer: Any, dataset: Dataset, batch_size: int, steps: int, pad_to_max: bool, recipe: Any
 ) -> Callable[[], None]:
-    """A pass of Trainer.train for `steps` optimizer steps on the same pairs."""
+    """A pass of Trainer.train for `steps` optimizer steps on the same pairs: every pair padded to max_length,
+    or dynamic padding with batches grouped by length (`train_sampling_strategy="group_by_length"`)."""
     folder = tempfile.mkdtemp(prefix="parabench-bench-")
+    grouping = {} if pad_to_max else {"train_sampling_strategy": "group_by_length"}
     args = trainer_args(
         folder,
         batch_size,
@@ -188,6 +251,7 @@ def trainer_training(
         learning_rate=recipe.learning_rate,
         weight_decay=recipe.weight_decay,
         max_grad_norm=recipe.max_grad_norm,
+        **grouping,
     )
     collator = None if pad_to_max else DataCollatorWithPadding(tokenizer)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
@@ -196,11 +260,11 @@ def trainer_training(
 
 
 def parabench_training(
-    model: Any, split: EncodedSplit, recipe: Any, steps: int, seed: int, pad_token_id: int
+    model: Any, split: EncodedSplit, recipe: Any, steps: int, seed: int, pad_token_id: int, precision: str
 ) -> Callable[[], None]:
     """A pass of parabench's engine (accelerate; length-grouped batches, dynamic padding) for `steps`
-    optimizer steps, on this machine's default device and precision."""
-    accelerator = make_accelerator(EngineSettings(mixed_precision=default_mixed_precision()))
+    optimizer steps in the given mixed precision (no | bf16)."""
+    accelerator = make_accelerator(EngineSettings(mixed_precision=precision))
     optimizer, scheduler = build_optimizer(model, recipe, total_steps=10**6)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     rng = np.random.default_rng(seed)
@@ -245,123 +309,192 @@ def latest_run_id(experiment_id: str, model_key: str) -> str | None:
     return next((run.info.run_id for run in trained), None)
 
 
+def accuracy_of(probabilities: np.ndarray, labels: Any) -> float:
+    return classification_metrics(np.asarray(labels), (probabilities >= 0.5).astype(int))["accuracy"]
+
+
+def timed_subset(frames: dict[str, pd.DataFrame], count: int) -> pd.DataFrame:
+    """`count` pairs spread evenly over validation + test (their length mix), the same for every path."""
+    both = pd.concat([frames[split] for split in EVAL_SPLITS], ignore_index=True)
+    positions = np.linspace(0, len(both) - 1, min(count, len(both))).round().astype(int)
+    return both.iloc[np.unique(positions)].reset_index(drop=True)
+
+
 def bench(
     params: Params, model_key: str, run_id: str | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Measure every path side by side; print the table, write reports/bench.json, log to MLflow."""
+    """Measure every path side by side; print the table, write the bench files, log to MLflow."""
     settings = params.bench
     spec = require_fine_tuned(get_spec(model_key, params), "--model", "it has no training or inference paths")
     plan = plan_run(params, RunOptions(), require_validated(params), model=spec.key)
-    require_writable(params.path(settings.output))
+    label = this_cpu()
+    require_writable(params.path(settings.output), bench_file(params, label))
     experiment_id = tracking.configure(params)
     if run_id is not None:  # before anything is measured, written or logged
         tracking.require_trained_run(run_id, model_key)
     tokenizer, model, source = load_bench_model(
         params, model_key, run_id or latest_run_id(experiment_id, model_key)
     )
-    recipe = plan.recipe
+    recipe, length, pad = plan.recipe, plan.max_length, tokenizer.pad_token_id
+    batch_size, passes = params.train.eval_batch_size, settings.passes
     frames = load_frames(params.path(params.data.processed_dir))
-    frame = frames["validation"].head(settings.eval_samples)
-    train_frame = frames["train"].head(settings.train_steps * recipe.batch_size)
-    split = encode_frame(tokenizer, frame, plan.max_length)
-    train_split = encode_frame(tokenizer, train_frame, plan.max_length)
+    timed_frame = timed_subset(frames, settings.eval_samples)
+    timed_split = encode_frame(tokenizer, timed_frame, length)
+    splits = {split: encode_frame(tokenizer, frames[split], length) for split in EVAL_SPLITS}
     roofline = detect_roofline(settings.assumed_fma_units)
-    flops = forward_flops(model, split.lengths)
-    batch_size, passes, pad = params.train.eval_batch_size, settings.passes, tokenizer.pad_token_id
-    log(f"bench {model_key}: {source}; {len(frame)} validation pairs, {passes} timed passes after a warm-up")
+    log(f"bench {model_key} on {label} ({cpu_model()}): {source}")
+    log(
+        f"accuracy on all {' + '.join(f'{len(frames[s])} {s}' for s in EVAL_SPLITS)} pairs per path; speed: "
+        f"{len(timed_frame)} of them, {passes} interleaved rounds after a warm-up"
+    )
     log(roofline.describe())
 
-    def scored(
-        path: str, kind: str, rate: float, probabilities: np.ndarray | None, peak: float
-    ) -> PathResult:
-        scores = (
-            classification_metrics(split.labels, (probabilities >= 0.5).astype(int))
-            if probabilities is not None
-            else {}
-        )
-        per_sample = flops if kind == "inference" else 3 * forward_flops(model, train_split.lengths)
-        return PathResult(
-            path, kind, rate, 0.0, scores.get("accuracy"), scores.get("f1"), rate * per_sample / peak
-        )
-
-    results: list[PathResult] = []
+    inference: dict[str, Callable[[], Any]] = {}
+    accuracy: dict[str, dict[str, float]] = {}
     for pad_to_max, name in ((True, BASELINE), (False, "trainer_dynamic")):
-        dataset = trainer_dataset(tokenizer, frame, plan.max_length, pad_to_max)
-        rate, probabilities = median_rate(
-            trainer_probabilities(model, tokenizer, dataset, batch_size, pad_to_max), len(frame), passes
-        )
-        results.append(scored(name, "inference", rate, probabilities, roofline.fp32_peak))
+        run = trainer_probabilities(model, tokenizer, batch_size, pad_to_max)
+        accuracy[name] = {
+            split: accuracy_of(
+                run(trainer_dataset(tokenizer, frames[split], length, pad_to_max)), frames[split]["label"]
+            )
+            for split in EVAL_SPLITS
+        }
+        dataset = trainer_dataset(tokenizer, timed_frame, length, pad_to_max)
+        inference[name] = lambda r=run, d=dataset: r(d)
+    skipped = []
     for path in INFERENCE_PATHS:
+        if (package := missing_runtime(path)) is not None:
+            skipped.append(f"parabench_{path} (needs {package})")
+            continue
         prepared = prepare_for_inference(copy.deepcopy(model), path)
-        rate, output = median_rate(lambda m=prepared: predict(m, split, batch_size, pad), len(frame), passes)
-        peak = roofline.fp32_peak if path == "fp32" else roofline.int8_peak
-        results.append(scored(f"parabench_{path}", "inference", rate, output.probabilities, peak))
+        name = f"parabench_{path}"
+        accuracy[name] = {
+            split: accuracy_of(predict(prepared, encoded, batch_size, pad).probabilities, encoded.labels)
+            for split, encoded in splits.items()
+        }
+        inference[name] = lambda m=prepared: predict(m, timed_split, batch_size, pad)
+        log(f"  {name}: " + ", ".join(f"{s} {100 * a:.2f}" for s, a in accuracy[name].items()))
+    rates = interleaved_rates(inference, len(timed_frame), passes)
+
     steps, samples = settings.train_steps, settings.train_steps * recipe.batch_size
-    for pad_to_max, name in ((True, f"train_{BASELINE}"), (False, "train_trainer_dynamic")):
+    train_frame = frames["train"].head(samples)
+    train_split = encode_frame(tokenizer, train_frame, length)
+    training: dict[str, Callable[[], Any]] = {}
+    for pad_to_max, name in ((True, TRAIN_BASELINE), (False, "train_trainer_group_by_length")):
         set_seed(0)
-        dataset = trainer_dataset(tokenizer, train_frame, plan.max_length, pad_to_max)
-        rate, _ = median_rate(
-            trainer_training(
-                copy.deepcopy(model), tokenizer, dataset, recipe.batch_size, steps, pad_to_max, recipe
-            ),
-            samples,
-            passes,
+        dataset = trainer_dataset(tokenizer, train_frame, length, pad_to_max)
+        training[name] = trainer_training(
+            copy.deepcopy(model), tokenizer, dataset, recipe.batch_size, steps, pad_to_max, recipe
         )
-        results.append(scored(name, "training", rate, None, roofline.fp32_peak))
-    rate, _ = median_rate(
-        parabench_training(copy.deepcopy(model), train_split, recipe, steps, 0, pad), samples, passes
-    )
-    results.append(scored("train_parabench", "training", rate, None, roofline.fp32_peak))
-    return summarize(params, model_key, source, roofline, results, log)
+    for precision, name in (("no", "train_parabench"), ("bf16", "train_parabench_bf16")):
+        training[name] = parabench_training(
+            copy.deepcopy(model), train_split, recipe, steps, 0, pad, precision
+        )
+    rates |= interleaved_rates(training, samples, passes)
+
+    flops = {"inference": forward_flops(model, timed_split.lengths)}
+    flops["training"] = 3 * forward_flops(model, train_split.lengths)
+    results = []
+    for name, rate in rates.items():
+        kind = "training" if name.startswith("train_") else "inference"
+        path = name.removeprefix("parabench_")
+        precision = "bf16" if name.endswith("_bf16") else precision_of(path, roofline)
+        if name.startswith("trainer") or name.startswith("train_trainer"):
+            precision = "fp32"
+        fraction = rate * flops[kind] / roofline.peak(precision)
+        results.append(
+            PathResult(name, kind, rate, precision, accuracy.get(name, {}), roofline_fraction=fraction)
+        )
+    return summarize(params, model_key, source, label, roofline, results, skipped, log)
 
 
-def with_speedups(results: list[PathResult]) -> list[PathResult]:
-    """Each path's samples/s as a multiple of the baseline of its kind."""
-    base = {r.kind: r.samples_per_second for r in results if r.path in (BASELINE, f"train_{BASELINE}")}
-    return [PathResult(**{**asdict(r), "speedup": r.samples_per_second / base[r.kind]}) for r in results]
+def with_comparisons(results: list[PathResult], points: float) -> list[PathResult]:
+    """Each path's speed against its kind's baseline and parabench's fp32 path; eligibility of parabench's
+    inference paths (every split within `points` of fp32)."""
+    rate = {r.path: r.samples_per_second for r in results}
+    fp32 = results[[r.path for r in results].index("parabench_fp32")].accuracy
+    compared = []
+    for r in results:
+        training = r.kind == "training"
+        eligible = None
+        if r.path.startswith("parabench_"):
+            eligible = all(abs(r.accuracy[s] - fp32[s]) * 100 <= points for s in EVAL_SPLITS)
+        compared.append(
+            PathResult(
+                **{
+                    **asdict(r),
+                    "speedup": r.samples_per_second / rate[TRAIN_BASELINE if training else BASELINE],
+                    "speedup_over_fp32": r.samples_per_second
+                    / rate["train_parabench" if training else "parabench_fp32"],
+                    "eligible": eligible,
+                }
+            )
+        )
+    return compared
 
 
 def summarize(
     params: Params,
     model_key: str,
     source: str,
+    label: str,
     roofline: Roofline,
     results: list[PathResult],
+    skipped: list[str],
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Print the table, write reports/bench.json, log the run to MLflow; returns the JSON document."""
-    results = with_speedups(results)
+    """Print the table, write reports/bench.json and this CPU class's file, log the run; returns the JSON."""
+    results = with_comparisons(results, params.bench.eligibility_points)
     by_path = {r.path: r for r in results}
-    default = by_path[f"parabench_{params.inference.path}"]
-    baseline = by_path[BASELINE]
+    eligible = [r for r in results if r.eligible]
+    chosen = max(eligible, key=lambda r: r.samples_per_second)
+    fastest_peer = max(
+        (
+            r
+            for r in results
+            if r.path.startswith("parabench_onnxruntime") or r.path.startswith("parabench_openvino")
+        ),
+        key=lambda r: r.samples_per_second if r.eligible else 0.0,
+        default=None,
+    )
     document = {
         "model": model_key,
         "weights": source,
-        "hardware": cpu_model(),
+        "hardware": label,
+        "cpu": cpu_model(),
+        "isa": roofline.isa,
         "threads": roofline.cores,
         "roofline_assumptions": roofline.describe(),
-        "fp32_peak_gflops": roofline.fp32_peak / 1e9,
-        "default_inference_path": default.path,
-        "inference_speedup": default.speedup,
+        "fp32_peak_gflops": roofline.peak("fp32") / 1e9,
+        "eligibility_points": params.bench.eligibility_points,
+        "auto_path": chosen.path.removeprefix("parabench_"),
+        "auto_speedup_over_fp32": chosen.speedup_over_fp32,
+        "inference_speedup": chosen.speedup,
+        "fastest_runtime_peer": fastest_peer.path if fastest_peer else None,
         "training_speedup": by_path["train_parabench"].speedup,
-        "inference_accuracy_delta": (default.accuracy or 0.0) - (baseline.accuracy or 0.0),
-        "roofline_fraction": default.roofline_fraction,
+        "training_speedup_bf16": by_path["train_parabench_bf16"].speedup,
+        "training_speedup_over_group_by_length": by_path["train_parabench"].samples_per_second
+        / by_path["train_trainer_group_by_length"].samples_per_second,
+        "roofline_fraction": chosen.roofline_fraction,
+        "not_measured": skipped,
         "paths": [asdict(r) for r in results],
     }
     log(format_table(results))
+    for line in skipped:
+        log(f"not measured: {line}")
+    log(
+        f"auto on {label}: {document['auto_path']} ({chosen.speedup_over_fp32:.2f}× parabench fp32, "
+        f"{chosen.speedup:.2f}× {BASELINE}); training {document['training_speedup']:.2f}× {TRAIN_BASELINE}"
+    )
     write_json(params.path(params.bench.output), document)
-    tracking.configure(params)
+    write_json(bench_file(params, label), document)
     with tracking.tracked_run(run_name=f"bench-{model_key}", tags={"bench": "true", "model": model_key}):
         tracking.log_params({"bench_model": model_key, "bench_weights": source, **tracking.hardware()})
         import mlflow
 
+        mlflow.log_param("auto_path", document["auto_path"])
         mlflow.log_metrics(
-            {
-                k: v
-                for k, v in document.items()
-                if k
-                in ("inference_speedup", "training_speedup", "inference_accuracy_delta", "roofline_fraction")
-            }
+            {k: float(document[k]) for k in ("inference_speedup", "training_speedup", "roofline_fraction")}
         )
         mlflow.log_metrics({f"{r.path}_samples_per_second": r.samples_per_second for r in results})
         mlflow.log_text(json.dumps(document, indent=2), "bench.json")
@@ -370,15 +503,18 @@ def summarize(
 
 def format_table(results: list[PathResult]) -> str:
     """The benchmark as a Markdown table."""
-    headers = ("path", "kind", "samples/s", "× baseline", "val acc", "val F1", "roofline")
+    headers = ("path", "kind", "samples/s", "× baseline", "× fp32", "val acc", "test acc", "eligible",
+               "precision", "roofline")  # fmt: skip
     rows = [
         (
             r.path,
             r.kind,
             f"{r.samples_per_second:.1f}",
             f"{r.speedup:.2f}",
-            "" if r.accuracy is None else f"{100 * r.accuracy:.2f}",
-            "" if r.f1 is None else f"{100 * r.f1:.2f}",
+            f"{r.speedup_over_fp32:.2f}",
+            *(f"{100 * r.accuracy[s]:.2f}" if s in r.accuracy else "" for s in EVAL_SPLITS),
+            {None: "", True: "yes", False: "no"}[r.eligible],
+            r.precision,
             f"{100 * r.roofline_fraction:.1f}%",
         )
         for r in results

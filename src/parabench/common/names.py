@@ -25,4 +25,18 @@ FINAL_METRICS = (
     "model_size_mb",
 )
 EPOCH_METRICS = ("train_loss", "validation_accuracy", "validation_f1")
-INFERENCE_PATHS = ("fp32", "int8_dynamic", "int8_per_channel", "int8_ffn_per_channel")
+# How a trained model runs inference: torch fp32 / bf16 autocast / dynamic int8 (all or feed-forward Linear
+# layers), ONNX Runtime (fp32, dynamic int8) and OpenVINO (its default precision, NNCF int8 weights).
+INFERENCE_PATHS = (
+    "fp32",
+    "bf16",
+    "int8_dynamic",
+    "int8_per_channel",
+    "int8_ffn_per_channel",
+    "onnxruntime",
+    "onnxruntime_int8",
+    "openvino",
+    "openvino_int8",
+)
+# inference.path: auto = the fastest path `parabench bench` proved eligible on this CPU class, else fp32.
+AUTO_PATH = "auto"

@@ -1,7 +1,9 @@
 """How a model runs inference: pairs tokenized once, length-sorted dynamically padded batches, and the
-numeric path: fp32, or int8 weights (dynamic quantization) on all or some layers.
+path: torch fp32, bf16 autocast or int8 weights (dynamic quantization) on all or some layers, or the model
+exported to ONNX Runtime or OpenVINO (`models.runtimes`).
 
-The path is chosen in params.yaml (`inference.path`); training, evaluation, serving and the benchmark use it.
+The path is chosen in params.yaml (`inference.path`, `auto` resolved by `models.choice`); evaluation, serving,
+the teacher and the benchmark all go through `prepare_for_inference` and `predict`.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -25,18 +28,25 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 from parabench.common.errors import ParabenchError
+from parabench.common.names import INFERENCE_PATHS
 from parabench.common.progress import progress
+from parabench.models import runtimes
 
 # Linear layers kept in fp32 by the *_ffn paths: attention projections and the classification head, which
 # int8 error hurts most; the feed-forward blocks (two thirds of an encoder layer's FLOPs) go int8.
 SENSITIVE_LINEAR = re.compile(
     r"attention|attn|query|key|value|classifier|score|pooler|out_proj|q_proj|k_proj|v_proj"
 )
-INFERENCE_PATHS = {
-    "fp32": None,
+QUANTIZED = {
     "int8_dynamic": (default_dynamic_qconfig, False),
     "int8_per_channel": (per_channel_dynamic_qconfig, False),
     "int8_ffn_per_channel": (per_channel_dynamic_qconfig, True),
+}
+EXPORTED = {
+    "onnxruntime": (runtimes.onnxruntime_model, False),
+    "onnxruntime_int8": (runtimes.onnxruntime_model, True),
+    "openvino": (runtimes.openvino_model, False),
+    "openvino_int8": (runtimes.openvino_model, True),
 }
 
 
@@ -48,12 +58,25 @@ def check_path(path: str) -> str:
 
 
 def prepare_for_inference(model: torch.nn.Module, path: str) -> torch.nn.Module:
-    """The model in eval mode, with its Linear layers quantized to int8 as the path says (a new module)."""
+    """The model in eval mode as the path runs it: itself (fp32), under bf16 autocast, with int8 Linear
+    layers (a new module), or exported to ONNX Runtime / OpenVINO. A path whose runtime is not installed
+    falls back to fp32 with one warning line on stderr."""
     model.eval()
-    choice = INFERENCE_PATHS[check_path(path)]
-    if choice is None:
+    check_path(path)
+    if model_device(model).type != "cpu":  # the other paths are CPU paths: a GPU runs its own precision
         return model
-    qconfig, feed_forward_only = choice
+    if path == "bf16":
+        return runtimes.Autocast(model)
+    if path in EXPORTED:
+        build, int8 = EXPORTED[path]
+        try:
+            return build(model, int8)
+        except runtimes.RuntimeMissing as missing:
+            print(f"warning: inference path {path} needs {missing}, not installed: fp32", file=sys.stderr)
+            return model
+    if path not in QUANTIZED:
+        return model
+    qconfig, feed_forward_only = QUANTIZED[path]
     layers = {
         name: qconfig
         for name, module in model.named_modules()
@@ -62,6 +85,11 @@ def prepare_for_inference(model: torch.nn.Module, path: str) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*quantize.*deprecated", category=UserWarning)
         return quantize_dynamic(model, layers, dtype=torch.qint8, inplace=False)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's weights are (the CPU for a model run by another runtime)."""
+    return next(model.parameters(), torch.empty(0)).device
 
 
 Batch = dict[str, torch.Tensor]
@@ -240,7 +268,7 @@ def predict(
     model's device. With an accelerator of several processes each takes a share of the batches and the
     shares are gathered, so every pair is counted exactly once; its mixed precision applies (autocast)."""
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     batches = list(sorted_batches(split.lengths, batch_size))
     sharded = accelerator is not None and accelerator.num_processes > 1
     probabilities = np.full(len(split), np.nan, dtype=np.float64)

@@ -21,14 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from parabench.common.errors import ParabenchError
 from parabench.common.files import file_stem, write_text
+from parabench.common.hardware import hardware_label
 from parabench.common.names import FINAL_METRICS, SPLITS
 
 SCHEMA_VERSION = 1
 SUFFIX = ".json"
 MAX_RECORD_BYTES = 8 * 1024 * 1024  # a record of all three MRPC splits is ~100 KB
 # Instruction sets that change CPU numbers (kernels differ by them), as /proc/cpuinfo flags -> our names.
-ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16",
-             "amx_int8": "AMX-INT8"}  # fmt: skip
 # Libraries whose versions can change a number.
 LIBRARIES = ("torch", "transformers", "accelerate", "peft", "scikit-learn", "numpy", "mlflow")
 
@@ -57,10 +56,7 @@ class Hardware(Frozen):
     def label(self) -> str:
         """The hardware class throughput is grouped by: the GPU, else the CPU's short name and its widest
         vector ISA (AMX > AVX-512 > AVX2)."""
-        if self.gpu:
-            return self.gpu
-        widest = next((name for name in ("AMX-BF16", "AVX-512", "AVX2") if name in self.isa), "no AVX2")
-        return f"{short_cpu_name(self.cpu)}, {widest.removesuffix('-BF16')}"
+        return hardware_label(self.cpu, self.isa, self.gpu)
 
 
 class SplitPredictions(Frozen):
@@ -161,30 +157,6 @@ def seal(document: dict[str, Any]) -> ResultRecord:
     """A record from its fields (no sha256 yet): validated, then hashed."""
     draft = ResultRecord.model_validate({**document, "schema_version": SCHEMA_VERSION, "sha256": ""})
     return draft.model_copy(update={"sha256": draft.content_hash()})
-
-
-def short_cpu_name(cpu: str) -> str:
-    """'Intel(R) Xeon(R) Platinum 8480C' -> 'Intel Xeon Platinum 8480C'; 'AMD EPYC 7B13 ...' kept."""
-    for noise in ("(R)", "(TM)", "(tm)", " CPU", " Processor"):
-        cpu = cpu.replace(noise, "")
-    return " ".join(cpu.split("@")[0].split()) or "unknown CPU"
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_isa() -> list[str]:
-    """The instruction sets of ISA_FLAGS this CPU has."""
-    flags = cpu_flags()
-    return [name for flag, name in ISA_FLAGS.items() if flag in flags]
 
 
 def library_versions() -> dict[str, str]:

@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from parabench.common.errors import first_line
 from parabench.common.files import require_writable
+from parabench.common.hardware import cpu_model
 from parabench.common.names import FINAL_METRICS, VALIDATION_SCORE
 from parabench.common.processes import http_ok, process_alive
 from parabench.config import ParabenchError, Params
@@ -430,17 +431,6 @@ def git_commit(root: Path) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, else what platform reports."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def hardware(device: torch.device | None = None) -> dict[str, str]:

@@ -22,6 +22,7 @@ from parabench.config import (
     ServeParams,
     require_within,
 )
+from parabench.models.choice import choose_path
 from parabench.models.zoo import ModelSpec, get_spec, require_hardware
 from parabench.training.engine import EngineSettings, check_mixed_precision, default_mixed_precision
 
@@ -47,6 +48,7 @@ class RunPlan:
     eval_batch_size: int
     inference_path: str
     data_version: str
+    inference_choice: str = ""  # why this path: params.yaml's, or what `auto` read from the bench
     engine: EngineSettings = field(default_factory=EngineSettings)
     keep_checkpoints: bool = False
     checkpoint: bool = True  # False: no checkpoints at all (a Tune trial; ASHA may stop it anyway)
@@ -122,6 +124,8 @@ class RunPlan:
             "data_version": self.data_version,
             "recipe_fingerprint": self.fingerprint,
             "eval_path": f"{self.inference_path}-inference_mode-length_sorted-dynamic_padding",
+            "inference_path": self.inference_path,
+            "inference_choice": self.inference_choice,
             "mixed_precision": self.engine.mixed_precision,
             "gradient_accumulation_steps": self.engine.gradient_accumulation_steps,
             "checkpoint_every_steps": self.engine.checkpoint_every_steps,
@@ -195,6 +199,7 @@ def plan_run(
                 f"{option} 0 leaves no pair to use; give at least 1, or leave it out for all pairs"
             )
     check_counts(params, options, recipe, caps)
+    inference_path, inference_choice = choose_path(params)
     return RunPlan(
         spec=spec,
         seed=pick(seed, pick(options.seed, params.train.seed)),
@@ -202,7 +207,8 @@ def plan_run(
         recipe=recipe,
         max_length=pick(options.max_length, params.train.max_length),
         eval_batch_size=params.train.eval_batch_size,
-        inference_path=params.inference.path,
+        inference_path=inference_path,
+        inference_choice=inference_choice,
         data_version=data_version,
         engine=EngineSettings(
             mixed_precision=check_mixed_precision(options.mixed_precision or default_mixed_precision()),

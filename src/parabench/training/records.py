@@ -13,13 +13,13 @@ import pandas as pd
 import torch
 
 from parabench.common.files import require_writable
+from parabench.common.hardware import cpu_isa
 from parabench.common.names import EPOCH_METRICS, FINAL_METRICS, SPLITS
 from parabench.config import Params
 from parabench.models.inference import Predictions
 from parabench.results.record import (
     Hardware,
     ResultRecord,
-    cpu_isa,
     library_versions,
     seal,
     split_predictions,
