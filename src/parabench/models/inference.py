@@ -59,14 +59,17 @@ def check_path(path: str) -> str:
 
 def prepare_for_inference(model: torch.nn.Module, path: str) -> torch.nn.Module:
     """The model in eval mode as the path runs it: itself (fp32), under bf16 autocast, with int8 Linear
-    layers (a new module), or exported to ONNX Runtime / OpenVINO. A path whose runtime is not installed
-    falls back to fp32 with one warning line on stderr."""
+    layers (a new module), or exported to ONNX Runtime / OpenVINO (pair classifiers only). A path whose
+    runtime is not installed falls back to fp32 with one warning line on stderr; on a GPU every path is the
+    model itself."""
     model.eval()
     check_path(path)
     if model_device(model).type != "cpu":  # the other paths are CPU paths: a GPU runs its own precision
         return model
     if path == "bf16":
         return runtimes.Autocast(model)
+    if path in EXPORTED and not type(model).__name__.endswith("ForSequenceClassification"):
+        return model  # exported paths serve pair classifiers; an encoder (baselines) stays in torch fp32
     if path in EXPORTED:
         build, int8 = EXPORTED[path]
         try:

@@ -78,16 +78,15 @@ class Exported(torch.nn.Module):
 
 
 class Autocast(torch.nn.Module):
-    """The torch model under CPU bf16 autocast (logits back in fp32)."""
+    """The torch model under CPU bf16 autocast (its outputs in bf16: callers take .float() of them)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model, self.config = model, model.config
 
-    def forward(self, **inputs: torch.Tensor) -> SimpleNamespace:
+    def forward(self, **inputs: torch.Tensor) -> Any:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = self.model(**inputs).logits
-        return SimpleNamespace(logits=logits.float())
+            return self.model(**inputs)
 
 
 def onnxruntime_model(model: torch.nn.Module, int8: bool) -> Exported:

@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from parabench.common.errors import first_line
 from parabench.common.files import require_size
 from parabench.config import ConfigError, ParabenchError, Params
+from parabench.models.choice import choose_path
 from parabench.models.hub import quiet_transformers
 from parabench.serving.pyfunc import INPUT_COLUMNS, RequestLimits, check_pairs, logged_from_code
 from parabench.tracking import client as tracking
@@ -120,13 +121,19 @@ def pickle_warning(model_uri: str, flavors: dict[str, Any] | None) -> str | None
     )
 
 
+def serving_config(params: Params) -> dict[str, Any]:
+    """What a model logged from code is loaded with here: params.yaml's request limits, and the inference
+    path of this machine (`inference.path`, `auto` resolved by this CPU class's bench)."""
+    return RequestLimits.of(params.serve).as_config() | {"inference_path": choose_path(params)[0]}
+
+
 def load_model(params: Params, model_uri: str) -> Any:
     """The pyfunc at the URI, with params.yaml's request limits when it was logged from code (a warning on
     stderr when it is an older, pickled one); models:/ URIs resolve in the project's tracking store."""
     import mlflow
 
     flavors = model_flavors(params, model_uri)
-    config = RequestLimits.of(params.serve).as_config() if logged_from_code(flavors) else None
+    config = serving_config(params) if logged_from_code(flavors) else None
     if warning := pickle_warning(model_uri, flavors):
         print(warning, file=sys.stderr)
     try:
@@ -186,6 +193,6 @@ def serve_command(params: Params, model_uri: str, host: str, port: int) -> tuple
         "MLFLOW_TRACKING_URI": tracking.tracking_uri(params),
         "PATH": path,
         REQUEST_TIMEOUT: str(settings.request_timeout_s),
-        SERVING_MODEL_CONFIG: json.dumps(RequestLimits.of(settings).as_config()),
+        SERVING_MODEL_CONFIG: json.dumps(serving_config(params)),
     }
     return [sys.executable, "-m", "mlflow", *serve], env
