@@ -611,7 +611,8 @@ def loadtest(
     typer.echo(
         f"{summary['requests']} requests ({summary['valid_requests']} valid), "
         f"concurrency {summary['concurrency']}: "
-        f"{summary['requests_per_second']:.1f} req/s, p50 {summary['latency_ms_p50']:.0f} ms, "
+        f"{summary['requests_per_second']:.1f} req/s ({summary['pairs_per_second']:.1f} pairs/s), "
+        f"p50 {summary['latency_ms_p50']:.0f} ms, "
         f"p95 {summary['latency_ms_p95']:.0f} ms; statuses {summary['status_counts']}; "
         f"5xx {summary['server_errors_5xx']}, connection errors {summary['connection_errors']}, "
         f"unexpected {summary['unexpected_answers']}; still answering: {summary['still_answering']}"

@@ -32,7 +32,7 @@ from accelerate.utils import set_seed
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
-from parabench.common.files import require_writable, write_json
+from parabench.common.files import require_writable, write_json, write_text
 from parabench.common.hardware import cpu_flags, cpu_isa, cpu_model, this_cpu
 from parabench.common.names import INFERENCE_PATHS
 from parabench.common.tables import markdown_table
@@ -488,6 +488,7 @@ def summarize(
     )
     write_json(params.path(params.bench.output), document)
     write_json(bench_file(params, label), document)
+    write_text(bench_file(params, label).with_suffix(".md"), as_markdown(document, results))
     with tracking.tracked_run(run_name=f"bench-{model_key}", tags={"bench": "true", "model": model_key}):
         tracking.log_params({"bench_model": model_key, "bench_weights": source, **tracking.hardware()})
         import mlflow
@@ -499,6 +500,24 @@ def summarize(
         mlflow.log_metrics({f"{r.path}_samples_per_second": r.samples_per_second for r in results})
         mlflow.log_text(json.dumps(document, indent=2), "bench.json")
     return document
+
+
+def as_markdown(document: dict[str, Any], results: list[PathResult]) -> str:
+    """The bench of one CPU class as the docs include it: where, what, the table, the choice."""
+    lines = [
+        f"### {document['hardware']}",
+        "",
+        f"`parabench bench --model {document['model']}` on {document['cpu']} ({', '.join(document['isa'])}), "
+        f"{document['threads']} threads; {document['weights']}. {document['roofline_assumptions']}.",
+        "",
+        format_table(results),
+        "",
+        f"`inference.path: auto` here: **{document['auto_path']}**, "
+        f"{document['auto_speedup_over_fp32']:.2f}× parabench fp32 and {document['inference_speedup']:.2f}× "
+        f"{BASELINE}. Training: parabench fp32 {document['training_speedup']:.2f}× {TRAIN_BASELINE}, "
+        f"{document['training_speedup_over_group_by_length']:.2f}× the Trainer with group_by_length.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def format_table(results: list[PathResult]) -> str:

@@ -10,8 +10,11 @@ caller of it (evaluation, serving, the bench) run any path through the same code
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,6 +28,23 @@ EXAMPLE_BATCH, EXAMPLE_LENGTH = 2, 16
 
 class RuntimeMissing(ImportError):
     """The path's runtime (onnxruntime, openvino, nncf) is not installed here."""
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """The exporter's, the quantizers' and NNCF's chatter (registry notes, hints, progress tables) kept off
+    the terminal while inside; errors still raise."""
+    loggers = [logging.getLogger(name) for name in ("", "torch.onnx", "torch.export", "nncf", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def model_input_names(model: torch.nn.Module) -> list[str]:
@@ -43,7 +63,7 @@ def export_onnx(model: torch.nn.Module, folder: Path) -> Path:
     }
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
     path = folder / "model.onnx"
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), quiet():
         torch.onnx.export(
             model.eval(),
             args=(),
@@ -101,7 +121,8 @@ def onnxruntime_model(model: torch.nn.Module, int8: bool) -> Exported:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantized = path.with_name("model-int8.onnx")
-        quantize_dynamic(path, quantized, weight_type=QuantType.QInt8)
+        with quiet():
+            quantize_dynamic(path, quantized, weight_type=QuantType.QInt8)
         path = quantized
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
@@ -124,7 +145,9 @@ def openvino_model(model: torch.nn.Module, int8: bool) -> Exported:
             import nncf
         except ImportError as error:
             raise RuntimeMissing("nncf") from error
-        graph = nncf.compress_weights(graph, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        nncf.set_log_level(logging.ERROR)
+        with quiet():
+            graph = nncf.compress_weights(graph, mode=nncf.CompressWeightsMode.INT8_ASYM)
     compiled = core.compile_model(graph, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
     request = compiled.create_infer_request()
 

@@ -183,6 +183,13 @@ def load(
         **latencies("valid_latency_ms", [result for result in results if result.case in VALID]),
         **latencies("oversized_latency_ms", [result for result in results if result.case in OVERSIZED]),
         "requests_per_second": requests / wall,
+        # pairs the model labelled (valid requests answered 200) per second of the whole load
+        "pairs_per_second": sum(
+            len(json.loads(body(result.case))["dataframe_records"])
+            for result in results
+            if result.case in VALID and result.status == 200
+        )
+        / wall,
         "wall_seconds": wall,
         "still_answering": answers(url),
     }

@@ -82,6 +82,8 @@ class RunPlan:
             values["gradient_accumulation_steps"] = self.engine.gradient_accumulation_steps
         if self.load_in_4bit:
             values["load_in_4bit"] = True
+        if self.inference_path != "fp32":  # the final metrics come from this path: grouped apart from fp32's
+            values["inference_path"] = self.inference_path
         if TRAINING_REVISION > 1:
             values["training_revision"] = TRAINING_REVISION
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
