@@ -244,6 +244,8 @@ def test_a_bounded_load_gets_no_5xx_and_the_server_keeps_answering(champion: Par
     assert summary["unexpected_answers"] == 0 and summary["still_answering"]
     assert summary["valid_requests"] == 36 and sum(summary["status_counts"].values()) == 60
     assert summary["oversized_requests"] > 0
+    # every valid request holds one pair or eight: the pairs labelled per second are at least the requests'
+    assert summary["pairs_per_second"] >= summary["valid_requests"] / summary["wall_seconds"] > 0
     assert 0 < summary["latency_ms_p50"] <= summary["latency_ms_p95"]
     assert 0 < summary["valid_latency_ms_p50"] <= summary["valid_latency_ms_p95"]
     assert 0 < summary["oversized_latency_ms_p50"] <= summary["oversized_latency_ms_p95"]
