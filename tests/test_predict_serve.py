@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 import parabench
 from parabench.config import Params, ServeParams, load_params
+from parabench.models.choice import choose_path
 from parabench.serving.loadtest import (
     OVERSIZED,
     PAIR,
@@ -268,6 +269,7 @@ def test_serve_passes_workers_timeout_and_limits(champion: Params) -> None:
         "max_sentence_chars": settings.max_sentence_chars,
         "max_pairs": settings.max_pairs,
         "max_request_chars": settings.max_request_chars,
+        "inference_path": choose_path(champion)[0],
     }
 
 
